@@ -1,0 +1,15 @@
+"""Model engines behind two small protocols, chosen by URI (`hf:PATH`, `testbed:proposer`, ...)."""
+
+from ttc_nodes.engines.base import Completion, EngineError, Proposer, Scored, Verifier
+from ttc_nodes.engines.uris import load_proposer, load_verifier, register_scheme
+
+__all__ = [
+    "Completion",
+    "EngineError",
+    "Proposer",
+    "Scored",
+    "Verifier",
+    "load_proposer",
+    "load_verifier",
+    "register_scheme",
+]

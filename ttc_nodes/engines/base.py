@@ -1,0 +1,75 @@
+"""The two engine protocols every model backend implements.
+
+Both are batch-first: one call carries every prompt of a search round, so a continuous-batching
+backend (vLLM, an OpenAI-compatible server) sees the whole round at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+
+class EngineError(RuntimeError):
+    """A model backend failed: unreachable, misconfigured, or returned something unusable."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled continuation of one prompt.
+
+    `finish_reason` follows the OpenAI/vLLM convention: "stop" when a stop string or the end-of-sequence
+    token ended it, "length" when `max_tokens` did. `stop_reason` is the stop string that matched,
+    or None when the model emitted end-of-sequence (or ran out of tokens).
+    """
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    logprob: float
+    finish_reason: Literal["stop", "length"]
+    stop_reason: str | None = None
+
+    @property
+    def ended_sequence(self) -> bool:
+        """True when the model itself ended the answer (end-of-sequence token)."""
+        return self.finish_reason == "stop" and self.stop_reason is None
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A verifier's output for one candidate: one score in [0, 1] per step, and tokens read."""
+
+    step_scores: list[float]
+    tokens: int
+    truncated: bool = False
+
+
+@runtime_checkable
+class Proposer(Protocol):
+    """Samples continuations. Returns, per prompt, `n` completions."""
+
+    uri: str
+    parameters: int
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        n: int,
+        *,
+        max_tokens: int,
+        temperature: float,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> list[list[Completion]]: ...
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """A process reward model: scores every step prefix of each candidate solution."""
+
+    uri: str
+    parameters: int
+
+    def score(self, question: str, solutions: Sequence[Sequence[str]]) -> list[Scored]: ...

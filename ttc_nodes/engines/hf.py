@@ -1,0 +1,274 @@
+"""Transformers backends: a batched sampling proposer and a value-head process reward model.
+
+Both load any local `save_pretrained` directory (or a GGUF file through `gguf_file=`), run on CPU or
+GPU, and never touch the network (`local_files_only=True`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ttc_nodes.engines.base import Completion, EngineError, Scored
+from ttc_nodes.prompts import DEFAULT_FORMAT, PromptFormat
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _check_path(path: str) -> Path:
+    location = Path(path).expanduser()
+    if not location.exists():
+        raise EngineError(f"model path does not exist: {location}")
+    return location
+
+
+def _load_tokenizer(location: Path, gguf_file: str | None) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=True, gguf_file=gguf_file)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+class HFProposer:
+    """Samples with `model.generate`, every prompt × n sample of a call in as few batches as fit."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        device: str = "auto",
+        dtype: str = "float32",
+        max_batch: int = 64,
+        gguf_file: str | None = None,
+        uri: str | None = None,
+    ) -> None:
+        from transformers import AutoModelForCausalLM
+
+        location = _check_path(path)
+        self.uri = uri or f"hf:{location}"
+        self.device = pick_device(device)
+        self.max_batch = max_batch
+        try:
+            self.tokenizer = _load_tokenizer(location, gguf_file)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                location, local_files_only=True, gguf_file=gguf_file, dtype=getattr(torch, dtype)
+            )
+        except OSError as error:
+            raise EngineError(f"cannot load a causal LM from {location}: {error}") from error
+        self.model.to(self.device).eval()
+        self.parameters = sum(p.numel() for p in self.model.parameters())
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        n: int,
+        *,
+        max_tokens: int,
+        temperature: float,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
+        if n < 1 or max_tokens < 1:
+            raise ValueError(f"n and max_tokens must be >= 1, got n={n}, max_tokens={max_tokens}")
+        # Greedy decoding cannot return several sequences per prompt, so samples are separate rows.
+        rows = [prompt for prompt in prompts for _ in range(n)]
+        completions: list[Completion] = []
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for start in range(0, len(rows), self.max_batch):
+                chunk = rows[start : start + self.max_batch]
+                completions.extend(self._generate_batch(chunk, max_tokens, temperature, stop))
+        return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    @torch.inference_mode()
+    def _generate_batch(
+        self, prompts: list[str], max_tokens: int, temperature: float, stop: Sequence[str]
+    ) -> list[Completion]:
+        self.tokenizer.padding_side = "left"
+        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = batch.to(self.device)
+        sampling: dict[str, Any] = (
+            {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+            if temperature > 0
+            else {"do_sample": False}
+        )
+        output = self.model.generate(
+            **batch,
+            max_new_tokens=max_tokens,
+            stop_strings=list(stop) or None,
+            tokenizer=self.tokenizer,
+            pad_token_id=self.tokenizer.pad_token_id,
+            return_dict_in_generate=True,
+            output_scores=True,
+            **sampling,
+        )
+        prompt_width = batch["input_ids"].shape[1]
+        new_tokens = output.sequences[:, prompt_width:]
+        token_logprobs = self.model.compute_transition_scores(
+            output.sequences, output.scores, normalize_logits=True
+        )
+        prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
+        return [
+            self._completion(new_tokens[row], token_logprobs[row], int(prompt_lengths[row]), max_tokens, stop)
+            for row in range(len(prompts))
+        ]
+
+    def _completion(
+        self,
+        tokens: torch.Tensor,
+        logprobs: torch.Tensor,
+        prompt_tokens: int,
+        max_tokens: int,
+        stop: Sequence[str],
+    ) -> Completion:
+        eos_ids = self.model.generation_config.eos_token_id
+        eos = set(eos_ids if isinstance(eos_ids, list) else [eos_ids]) - {None}
+        ids = tokens.tolist()
+        length = len(ids)
+        ended = False
+        for index, token in enumerate(ids):
+            if token in eos:
+                length, ended = index + 1, True
+                break
+        # Rows that stopped early are padded; padding after a stop string is not generated text.
+        text = self.tokenizer.decode(ids[:length], skip_special_tokens=True)
+        stop_reason, cut = _first_stop(text, stop)
+        if stop_reason is not None:
+            text = text[:cut]
+            length = _tokens_until(self.tokenizer, ids[:length], text, stop_reason)
+        finish: Literal["stop", "length"] = "stop" if ended or stop_reason is not None else "length"
+        if stop_reason is None and not ended and length < max_tokens:
+            finish = "stop"  # stopped by padding after EOS that decoded to nothing
+        logprob = float(logprobs[:length].clamp(min=-1e9).sum()) if length else 0.0
+        return Completion(
+            text=text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=length,
+            logprob=logprob,
+            finish_reason=finish,
+            stop_reason=stop_reason,
+        )
+
+
+def _first_stop(text: str, stop: Sequence[str]) -> tuple[str | None, int]:
+    """The stop string that occurs first in `text` and where it starts."""
+    found = [(text.find(s), s) for s in stop if s and text.find(s) >= 0]
+    if not found:
+        return None, len(text)
+    cut, string = min(found)
+    return string, cut
+
+
+def _tokens_until(tokenizer: Any, ids: list[int], kept: str, stop_string: str) -> int:
+    """How many generated tokens it took to produce `kept` followed by the stop string."""
+    target = len(kept) + len(stop_string)
+    for count in range(1, len(ids) + 1):
+        if len(tokenizer.decode(ids[:count], skip_special_tokens=True)) >= target:
+            return count
+    return len(ids)
+
+
+def prm_inputs(
+    tokenizer: Any, question: str, steps: Sequence[str], prompt_format: PromptFormat = DEFAULT_FORMAT
+) -> tuple[list[int], list[int]]:
+    """Token ids of a question and its steps, and the position of each step's last separator token.
+
+    The step score is read at that position. Segments are tokenized separately so the positions are
+    exact whatever the tokenizer merges; the testbed PRM is trained on this same layout.
+    """
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    ids = encode(prompt_format.solution(question))
+    separator = encode(prompt_format.step_separator)
+    positions: list[int] = []
+    for step in steps:
+        ids += encode(step) + separator
+        positions.append(len(ids) - 1)
+    return ids, positions
+
+
+class HFValueHeadPRM:
+    """A PRM read at step separators: a token-classification head with one logit (sigmoid) or two
+    (softmax, the positive class second), as Qwen2.5-Math-PRM-style models use."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        device: str = "auto",
+        dtype: str = "float32",
+        max_batch: int = 32,
+        prompt_format: PromptFormat = DEFAULT_FORMAT,
+        uri: str | None = None,
+    ) -> None:
+        from transformers import AutoModelForTokenClassification
+
+        location = _check_path(path)
+        self.uri = uri or f"hf-prm:{location}"
+        self.device = pick_device(device)
+        self.max_batch = max_batch
+        self.prompt_format = prompt_format
+        try:
+            self.tokenizer = _load_tokenizer(location, None)
+            self.model = AutoModelForTokenClassification.from_pretrained(
+                location, local_files_only=True, dtype=getattr(torch, dtype)
+            )
+        except OSError as error:
+            raise EngineError(f"cannot load a token-classification PRM from {location}: {error}") from error
+        if self.model.config.num_labels not in (1, 2):
+            raise EngineError(
+                f"PRM at {location} has num_labels={self.model.config.num_labels}; expected 1 or 2"
+            )
+        self.model.to(self.device).eval()
+        self.parameters = sum(p.numel() for p in self.model.parameters())
+        self.max_length = int(getattr(self.model.config, "max_position_embeddings", 4096))
+
+    def score(self, question: str, solutions: Sequence[Sequence[str]]) -> list[Scored]:
+        results: list[Scored] = []
+        for start in range(0, len(solutions), self.max_batch):
+            results.extend(self._score_batch(question, solutions[start : start + self.max_batch]))
+        return results
+
+    @torch.inference_mode()
+    def _score_batch(self, question: str, solutions: Sequence[Sequence[str]]) -> list[Scored]:
+        encoded = [prm_inputs(self.tokenizer, question, steps, self.prompt_format) for steps in solutions]
+        truncated = [len(ids) > self.max_length for ids, _ in encoded]
+        # Keep the tail: the steps being scored matter more than the start of a long question.
+        encoded = [
+            (ids[-self.max_length :], [p - max(0, len(ids) - self.max_length) for p in positions])
+            for ids, positions in encoded
+        ]
+        width = max((len(ids) for ids, _ in encoded), default=1)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, (ids, _) in enumerate(encoded):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, : len(ids)] = 1
+        logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
+        if logits.shape[-1] == 1:
+            probabilities = torch.sigmoid(logits[..., 0])
+        else:
+            probabilities = torch.softmax(logits.float(), dim=-1)[..., 1]
+        results = []
+        for row, (ids, positions) in enumerate(encoded):
+            scores = [float(probabilities[row, p]) if p >= 0 else 0.5 for p in positions]
+            if truncated[row]:
+                log.warning("PRM input of %d tokens truncated to %d", len(ids), self.max_length)
+            results.append(Scored(step_scores=scores, tokens=len(ids), truncated=truncated[row]))
+        return results
