@@ -1,0 +1,1 @@
+"""Strategy graphs: one LangGraph builder per strategy, a registry by name, and the runner."""

@@ -108,8 +108,7 @@ class HFProposer:
         output = self.model.generate(
             **batch,
             max_new_tokens=max_tokens,
-            stop_strings=list(stop) or None,
-            tokenizer=self.tokenizer,
+            stopping_criteria=_stop_criteria(self.tokenizer, stop, batch["input_ids"].shape[1]),
             pad_token_id=self.tokenizer.pad_token_id,
             return_dict_in_generate=True,
             output_scores=True,
@@ -161,6 +160,29 @@ class HFProposer:
             finish_reason=finish,
             stop_reason=stop_reason,
         )
+
+
+def _stop_criteria(tokenizer: Any, stop: Sequence[str], prompt_width: int) -> Any:
+    """Stop each row once its generated tail contains a stop string.
+
+    Decoding a short tail works with any tokenizer, unlike transformers' `stop_strings`, which
+    needs a tokenizer whose vocabulary it can reverse-engineer.
+    """
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    strings = [s for s in stop if s]
+    if not strings:
+        return None
+    window = max(len(s) for s in strings) + 1
+
+    class StopOnStrings(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            tail = input_ids[:, max(prompt_width, input_ids.shape[1] - window) :]
+            texts = tokenizer.batch_decode(tail, skip_special_tokens=True)
+            hits = [any(s in text for s in strings) for text in texts]
+            return torch.tensor(hits, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopOnStrings()])
 
 
 def _first_stop(text: str, stop: Sequence[str]) -> tuple[str | None, int]:

@@ -1,0 +1,16 @@
+"""Lookahead search: beam search whose candidates are scored after a k-step greedy rollout.
+
+With budget B and lookahead k it runs N = B / (k+1) beams, since each round's rollouts cost k more
+generations per beam: N·(k+1) = B in all.
+"""
+
+from __future__ import annotations
+
+from langgraph.graph.state import CompiledStateGraph
+
+from graphs import beam_search
+from graphs.settings import LookaheadSettings
+
+
+def build(settings: LookaheadSettings) -> CompiledStateGraph:
+    return beam_search.build(settings)

@@ -1,0 +1,165 @@
+"""The graph runner: invokes a compiled strategy graph and turns LangGraph's stream of node
+updates into trace events, so every graph — built-in or user-made — is traced the same way."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from langgraph.graph.state import CompiledStateGraph
+
+from ttc_nodes.budget import Spend
+from ttc_nodes.state import Candidate, SolveContext
+
+
+class SolveError(RuntimeError):
+    """A node failed; the failing step has already been traced."""
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """One node execution: what it created, what it scored, what it cost."""
+
+    seq: int
+    node: str
+    round: int
+    started_at: datetime
+    seconds: float
+    spend: Spend
+    new: list[Candidate] = field(default_factory=list)
+    scored: list[Candidate] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class TraceSink(Protocol):
+    def step(self, event: StepEvent) -> None: ...
+
+
+@dataclass
+class SolveResult:
+    answer: str | None
+    chosen: str | None
+    votes: dict[str, float]
+    spend: Spend
+    seconds: float
+    steps: int
+    state: dict[str, Any]
+
+
+def candidates_in(update: Mapping[str, Any]) -> Iterator[Candidate]:
+    """Every candidate in a node's update, however the graph nests them (lists, chains)."""
+    for value in update.values():
+        stack = [value]
+        while stack:
+            item = stack.pop(0)
+            if isinstance(item, Candidate):
+                yield item
+            elif isinstance(item, list | tuple):
+                stack[:0] = list(item)
+
+
+def run_graph(
+    graph: CompiledStateGraph,
+    question: str,
+    context: SolveContext,
+    sink: TraceSink | None = None,
+    *,
+    recursion_limit: int = 1000,
+) -> SolveResult:
+    """Solve one question with a strategy graph, reporting each node execution to `sink`."""
+    known: dict[str, Candidate] = {}
+    spend = Spend()
+    seq = 0
+    round_number = 0
+    final: dict[str, Any] = {"question": question}
+    begun = time.perf_counter()
+    mark, wall = begun, datetime.now(UTC)
+    stream = graph.stream(
+        {"question": question},
+        context=context,
+        stream_mode=["updates", "values"],
+        config={"recursion_limit": recursion_limit},
+    )
+    while True:
+        try:
+            mode, chunk = next(stream)
+        except StopIteration:
+            break
+        except Exception as error:
+            seconds = time.perf_counter() - mark
+            if sink is not None:
+                sink.step(
+                    StepEvent(
+                        seq=seq,
+                        node=_failed_node(error),
+                        round=round_number,
+                        started_at=wall,
+                        seconds=seconds,
+                        spend=Spend(),
+                        error=f"{type(error).__name__}: {error}",
+                    )
+                )
+            raise SolveError(f"{type(error).__name__}: {error}") from error
+        if mode == "values":
+            final = dict(chunk)
+            continue
+        now = time.perf_counter()
+        updates = [(node, update or {}) for node, update in chunk.items()]
+        for node, update in updates:
+            round_number = int(update.get("round", round_number))
+            step_spend = update.get("spend", Spend())
+            spend += step_spend
+            new, scored = _diff(known, update)
+            if sink is not None:
+                sink.step(
+                    StepEvent(
+                        seq=seq,
+                        node=node,
+                        round=round_number,
+                        started_at=wall,
+                        seconds=(now - mark) / len(updates),
+                        spend=step_spend,
+                        new=new,
+                        scored=scored,
+                        detail=dict(update.get("detail", {})),
+                    )
+                )
+            seq += 1
+        mark, wall = now, datetime.now(UTC)
+    return SolveResult(
+        answer=final.get("answer"),
+        chosen=final.get("chosen"),
+        votes=dict(final.get("votes", {})),
+        spend=spend,
+        seconds=time.perf_counter() - begun,
+        steps=seq,
+        state=final,
+    )
+
+
+def _diff(known: dict[str, Candidate], update: Mapping[str, Any]) -> tuple[list[Candidate], list[Candidate]]:
+    """Candidates not seen before, and candidates whose score is new or changed."""
+    new: list[Candidate] = []
+    scored: list[Candidate] = []
+    for candidate in candidates_in(update):
+        before = known.get(candidate.key)
+        if before is None:
+            new.append(candidate)
+        if candidate.score is not None and (
+            before is None or (before.score, before.step_scores) != (candidate.score, candidate.step_scores)
+        ):
+            scored.append(candidate)
+        known[candidate.key] = candidate
+    return new, scored
+
+
+def _failed_node(error: BaseException) -> str:
+    # LangGraph names the failing node in the notes it attaches to the exception.
+    for note in getattr(error, "__notes__", []):
+        if "node" in note:
+            return note.rsplit(" ", 1)[-1].strip("'\".")
+    return "error"

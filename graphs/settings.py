@@ -1,0 +1,142 @@
+"""Settings of each strategy: small pydantic models validated on construction.
+
+A bad value fails here with a message naming the field (a budget of 0, a beam width that does not
+divide the budget, a revision split whose product is not the budget).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ttc_nodes.scoring import Aggregation
+
+
+def default_beam_width(beams: int) -> int:
+    """M = √N where N is a perfect square, else the largest divisor of N below √N."""
+    return max(m for m in range(1, math.isqrt(beams) + 1) if beams % m == 0)
+
+
+class StrategySettings(BaseModel):
+    """Settings shared by every strategy. `budget` is N, in generations (full sampled answers)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    budget: int = Field(16, ge=1, description="generations N the strategy may spend")
+    temperature: float = Field(0.8, ge=0.0, description="sampling temperature of the proposer")
+    max_answer_tokens: int = Field(512, ge=1, description="token limit of one full answer")
+    max_step_tokens: int = Field(128, ge=1, description="token limit of one step in step-wise search")
+    aggregation: Aggregation = Field("last", description="answer score from step scores: last, min or prod")
+
+    @property
+    def needs_verifier(self) -> bool:
+        """Whether the strategy scores candidates with a PRM."""
+        return True
+
+
+class MajoritySettings(StrategySettings):
+    @property
+    def needs_verifier(self) -> bool:
+        return False
+
+
+class BestOfNSettings(StrategySettings):
+    weighted: bool = Field(False, description="sum scores per answer (best-of-N weighted)")
+
+
+class WeightedBestOfNSettings(BestOfNSettings):
+    weighted: bool = Field(True, description="sum scores per answer (best-of-N weighted)")
+
+
+class BeamSettings(StrategySettings):
+    beam_width: int | None = Field(None, ge=1, description="M: expansions per kept beam (default √N)")
+    max_rounds: int = Field(40, ge=1, description="rounds of expansion before live beams are cut")
+    lookahead: int = Field(0, ge=0, description="k: greedy rollout steps before scoring")
+
+    @property
+    def beams(self) -> int:
+        """N: parallel candidates per round (the budget split over the k+1 lanes of lookahead)."""
+        return self.budget // (self.lookahead + 1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_beam_width(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("beam_width") is None:
+            budget = int(data.get("budget", cls.model_fields["budget"].default))
+            lookahead = int(data.get("lookahead", cls.model_fields["lookahead"].default))
+            beams = budget // (lookahead + 1)
+            if beams >= 1:
+                data = {**data, "beam_width": default_beam_width(beams)}
+        return data
+
+    @model_validator(mode="after")
+    def _check_split(self) -> BeamSettings:
+        if self.budget % (self.lookahead + 1):
+            raise ValueError(
+                f"budget N={self.budget} must be a multiple of lookahead+1={self.lookahead + 1} "
+                f"(lookahead search costs N·(k+1) generations)"
+            )
+        assert self.beam_width is not None
+        if self.beams % self.beam_width:
+            raise ValueError(f"beam_width M={self.beam_width} does not divide the {self.beams} beams N")
+        return self
+
+
+class LookaheadSettings(BeamSettings):
+    lookahead: int = Field(1, ge=1, description="k: greedy rollout steps before scoring")
+
+
+class DVTSSettings(BeamSettings):
+    """DVTS: N/M independent subtrees, each expanded M ways and kept greedily by PRM score."""
+
+
+class RevisionSettings(StrategySettings):
+    chains: int | None = Field(None, ge=1, description="parallel revision chains")
+    chain_length: int | None = Field(None, ge=1, description="answers per chain (1 + revisions)")
+    selection: Literal["verifier", "majority"] = Field(
+        "verifier", description="hierarchical PRM vote, or one flat majority vote"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_split(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        budget = int(data.get("budget", cls.model_fields["budget"].default))
+        chains, length = data.get("chains"), data.get("chain_length")
+        if chains is None and length is None:
+            # At equal budget, sequential revisions slightly beat parallel sampling (PAPER.md §2).
+            length = min(budget, 4)
+        if chains is None and length:
+            chains = max(1, budget // int(length))
+        if length is None and chains:
+            length = max(1, budget // int(chains))
+        return {**data, "chains": chains, "chain_length": length}
+
+    @model_validator(mode="after")
+    def _check_split(self) -> RevisionSettings:
+        assert self.chains is not None and self.chain_length is not None
+        if self.chains * self.chain_length != self.budget:
+            raise ValueError(
+                f"chains × chain_length = {self.chains} × {self.chain_length} must equal budget N={self.budget}"
+            )
+        return self
+
+    @property
+    def needs_verifier(self) -> bool:
+        return self.selection == "verifier"
+
+    @property
+    def ratio(self) -> float:
+        """The sequential/parallel ratio: chain length over number of chains."""
+        assert self.chains is not None and self.chain_length is not None
+        return self.chain_length / self.chains
+
+
+class ParticleFilteringSettings(StrategySettings):
+    resample_temperature: float = Field(
+        1.0, gt=0.0, description="temperature of the resampling weights (score^(1/T)); higher keeps diversity"
+    )
+    max_rounds: int = Field(40, ge=1, description="rounds of extension before live particles are cut")

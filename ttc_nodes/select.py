@@ -1,0 +1,174 @@
+"""Select nodes: votes over answers (majority, best-of-N, weighted), and the pruning rules of
+step-wise search (beam search, DVTS subtrees, particle resampling)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ttc_nodes.answers import group_answers
+from ttc_nodes.state import Candidate, NodeRuntime, SolveState
+
+VoteMethod = Literal["majority", "best_of_n", "weighted"]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen answer, the candidate that carries it, and the vote table behind the choice."""
+
+    answer: str | None
+    chosen: str | None
+    votes: dict[str, float] = field(default_factory=dict)
+
+
+def vote(candidates: Sequence[Candidate], method: VoteMethod) -> Selection:
+    """Group candidates by equal final answer and pick a group.
+
+    majority: one vote per candidate; best_of_n: the group of the highest-scored candidate;
+    weighted: the group with the largest sum of scores (best-of-N weighted). Candidates with no
+    answer never win. Ties go to the group seen first.
+    """
+    answered = [c for c in candidates if c.answer is not None]
+    if not answered:
+        return Selection(answer=None, chosen=None)
+    if method != "majority" and any(c.score is None for c in answered):
+        raise ValueError(f"{method} vote needs scored candidates; run a verify node first")
+    groups = group_answers([c.answer for c in answered])
+    totals: dict[int, float] = {}
+    members: dict[int, list[Candidate]] = {}
+    for candidate, group in zip(answered, groups, strict=True):
+        assert group is not None
+        members.setdefault(group, []).append(candidate)
+        weight = 1.0 if method == "majority" else float(candidate.score or 0.0)
+        if method == "best_of_n":
+            totals[group] = max(totals.get(group, -math.inf), weight)
+        else:
+            totals[group] = totals.get(group, 0.0) + weight
+    winner = max(totals, key=lambda g: (totals[g], -g))
+    best = max(members[winner], key=lambda c: (c.score if c.score is not None else 0.0))
+    if method == "majority":
+        best = members[winner][0]
+    votes = {members[g][0].answer or "": totals[g] for g in sorted(totals)}
+    return Selection(answer=members[winner][0].answer, chosen=best.key, votes=votes)
+
+
+def hierarchical_vote(chains: Sequence[Sequence[Candidate]]) -> Selection:
+    """Best-of-N weighted inside each revision chain, then across the chain winners.
+
+    A chain winner carries the summed score of its winning group into the second vote.
+    """
+    winners: list[Candidate] = []
+    for chain in chains:
+        inner = vote(chain, "weighted")
+        if inner.chosen is None:
+            continue
+        carrier = next(c for c in chain if c.key == inner.chosen)
+        winners.append(carrier.scored(carrier.step_scores or (), max(inner.votes.values())))
+    return vote(winners, "weighted")
+
+
+def select_answer(
+    state: SolveState, runtime: NodeRuntime, *, method: VoteMethod, source: str = "pool"
+) -> dict[str, Any]:
+    """Pick the final answer from `state[source]` by `method`."""
+    candidates: list[Candidate] = list(state.get(source, []))  # type: ignore[call-overload]
+    return _selected(vote(candidates, method), method, len(candidates))
+
+
+def select_from_chains(
+    state: SolveState, runtime: NodeRuntime, *, method: Literal["verifier", "majority"]
+) -> dict[str, Any]:
+    """Select across revision chains: hierarchical with a verifier, else one flat majority vote."""
+    chains = state.get("chains", [])
+    if method == "verifier":
+        return _selected(hierarchical_vote(chains), "hierarchical", sum(map(len, chains)))
+    flat = [answer for chain in chains for answer in chain]
+    return _selected(vote(flat, "majority"), "majority", len(flat))
+
+
+def _selected(selection: Selection, method: str, count: int) -> dict[str, Any]:
+    return {
+        "answer": selection.answer,
+        "chosen": selection.chosen,
+        "votes": selection.votes,
+        "detail": {"method": method, "candidates": count, "votes": selection.votes},
+    }
+
+
+def _ranked(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Highest score first; equal scores keep their sampling order."""
+    return sorted(candidates, key=lambda c: -(c.score if c.score is not None else -math.inf))
+
+
+def prune_beams(
+    state: SolveState, runtime: NodeRuntime, *, budget: int, beam_width: int, max_rounds: int
+) -> dict[str, Any]:
+    """Beam search's selection: finished candidates leave the beam; of the rest keep the top
+    N/M prefixes (fewer once answers have finished, so no more than N lanes ever run), each to be
+    expanded M times. At `max_rounds` the live prefixes end as they are."""
+    pool = state.get("pool", [])
+    done = [c for c in pool if c.finished]
+    live = _ranked([c for c in pool if not c.finished])
+    slots = budget - len(state.get("finished", [])) - len(done)
+    if slots <= 0 or not live or state.get("round", 0) >= max_rounds:
+        return _stop(done, live)
+    kept = live[: math.ceil(slots / beam_width)]
+    counts = [beam_width] * len(kept)
+    counts[-1] -= beam_width * len(kept) - min(slots, beam_width * len(kept))
+    return {
+        "pool": kept,
+        "expansions": counts,
+        "finished": done,
+        "detail": {"kept": [c.key for c in kept], "expansions": counts, "slots": slots},
+    }
+
+
+def prune_subtrees(state: SolveState, runtime: NodeRuntime, *, beam_width: int, max_rounds: int) -> dict[str, Any]:
+    """DVTS selection: each independent subtree keeps only its best candidate; a subtree whose best
+    candidate has finished is done. Every kept subtree is expanded M times."""
+    by_subtree: dict[int, list[Candidate]] = {}
+    for candidate in state.get("pool", []):
+        by_subtree.setdefault(candidate.chain or 0, []).append(candidate)
+    best = [_ranked(members)[0] for _, members in sorted(by_subtree.items())]
+    done = [c for c in best if c.finished]
+    live = [c for c in best if not c.finished]
+    if not live or state.get("round", 0) >= max_rounds:
+        return _stop(done, live)
+    return {
+        "pool": live,
+        "expansions": [beam_width] * len(live),
+        "finished": done,
+        "detail": {"kept": [c.key for c in live], "subtrees_done": len(done)},
+    }
+
+
+def resample_particles(
+    state: SolveState, runtime: NodeRuntime, *, budget: int, temperature: float, max_rounds: int
+) -> dict[str, Any]:
+    """Particle filtering: draw N particles with replacement, each with probability proportional to
+    score^(1/temperature). Finished particles are carried, live ones are extended next round. The
+    effective sample size of the weights is recorded, since an overconfident PRM collapses it."""
+    particles = [*state.get("carried", []), *state.get("pool", [])]
+    scores = np.array([max(c.score if c.score is not None else 0.0, 1e-6) for c in particles])
+    logits = np.log(scores) / temperature
+    weights = np.exp(logits - logits.max())
+    weights /= weights.sum()
+    ess = float(1.0 / np.sum(weights**2))
+    seed = runtime.context.seed_for("resample", state.get("round", 0))
+    draws = np.random.default_rng(seed).choice(len(particles), size=budget, replace=True, p=weights)
+    drawn = [particles[i] for i in sorted(draws)]
+    carried = [c for c in drawn if c.finished]
+    live = [c for c in drawn if not c.finished]
+    detail = {"ess": ess, "weights": {c.key: float(w) for c, w in zip(particles, weights, strict=True)}}
+    if not live or state.get("round", 0) >= max_rounds:
+        final = list({c.key: c for c in drawn}.values())
+        return {"pool": [], "carried": [], "finished": final, "expansions": [], "detail": detail}
+    return {"pool": live, "carried": carried, "expansions": [1] * len(live), "detail": detail}
+
+
+def _stop(done: list[Candidate], live: list[Candidate]) -> dict[str, Any]:
+    return {"pool": [], "expansions": [], "finished": [*done, *live], "detail": {"stopped": True}}
