@@ -1,0 +1,205 @@
+"""The `ttc` command line: list strategies, solve a question, show a stored trace."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from db import queries
+from db.session import DatabaseError, connect
+from flows.config import ModelSettings
+from flows.render import render_solve
+from flows.solving import solve_question
+from graphs import registry
+from graphs.registry import SettingsError, UnknownStrategy
+from graphs.runner import SolveError, StepEvent
+from ttc_nodes.budget import BudgetError
+from ttc_nodes.engines import EngineError
+
+app = typer.Typer(
+    name="ttc",
+    help="Test-time compute for LLMs: PRM search, revisions, compute-optimal scaling — every step audited.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+USER_ERRORS = (UnknownStrategy, SettingsError, DatabaseError, EngineError, FileNotFoundError, BudgetError, ValueError)
+
+Proposer = Annotated[str | None, typer.Option("--proposer", help="proposer model URI [default: testbed:proposer]")]
+Verifier = Annotated[str | None, typer.Option("--verifier", help="PRM URI [default: testbed:prm]")]
+Reviser = Annotated[str | None, typer.Option("--reviser", help="reviser model URI [default: testbed:reviser]")]
+Database = Annotated[
+    str | None, typer.Option("--db", help="database URL [default: $TTC_DATABASE_URL or a SQLite file]")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="print exactly one JSON object on stdout")]
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into one clear line and exit status 2."""
+    try:
+        yield
+    except SolveError as error:
+        fail(f"solve failed: {error} (the trace so far is stored)")
+    except USER_ERRORS as error:
+        fail(str(error))
+
+
+def models_from(proposer: str | None, verifier: str | None, reviser: str | None, seed: int | None) -> ModelSettings:
+    given = {"proposer": proposer, "verifier": verifier, "reviser": reviser, "seed": seed}
+    return ModelSettings(**{key: value for key, value in given.items() if value is not None})
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """`key=value` pairs; values are read as JSON where they parse (numbers, booleans), else strings."""
+    values: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep or not key:
+            fail(f"--set expects key=value, got {assignment!r}")
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip()] = raw
+    return values
+
+
+@app.command()
+def strategies(as_json: AsJson = False) -> None:
+    """List the strategies and their settings."""
+    listing = [
+        {
+            "name": s.name,
+            "summary": s.summary,
+            "settings": {
+                name: {"default": field.default, "description": field.description}
+                for name, field in s.settings.model_fields.items()
+            },
+        }
+        for s in registry.all_strategies()
+    ]
+    if as_json:
+        print(json.dumps(listing, default=str))
+        return
+    table = Table(show_lines=True)
+    table.add_column("strategy", style="bold")
+    table.add_column("what it does")
+    table.add_column("settings (default)")
+    for entry in listing:
+        settings = "\n".join(f"{k} ({v['default']}): {v['description']}" for k, v in entry["settings"].items())
+        table.add_row(entry["name"], entry["summary"], settings)
+    out.print(table)
+
+
+class StatusLine:
+    """Shows the node running and the spend so far while a solve streams (on stderr)."""
+
+    def __init__(self, update: Callable[[str], None]) -> None:
+        self.update = update
+        self.generations = 0.0
+        self.tokens = 0
+
+    def step(self, event: StepEvent) -> None:
+        self.generations += event.spend.generations
+        self.tokens += event.spend.tokens
+        self.update(
+            f"round {event.round} · {event.node} done · {self.generations:g} generations · {self.tokens} tokens"
+        )
+
+
+@app.command()
+def solve(
+    question: Annotated[str, typer.Argument(help="the question to solve")],
+    strategy: Annotated[str, typer.Option("--strategy", "-s", help="see `ttc strategies`")] = "best_of_n_weighted",
+    budget: Annotated[int, typer.Option("--budget", "-n", help="generations N")] = 16,
+    assignments: Annotated[
+        list[str] | None, typer.Option("--set", help="strategy setting key=value (repeatable)")
+    ] = None,
+    reference: Annotated[str | None, typer.Option(help="reference answer, to grade the result")] = None,
+    run_name: Annotated[str | None, typer.Option("--run-name", help="name of the run (resumes if it exists)")] = None,
+    proposer: Proposer = None,
+    verifier: Verifier = None,
+    reviser: Reviser = None,
+    seed: Annotated[int | None, typer.Option(help="base sampling seed")] = None,
+    database: Database = None,
+    as_json: AsJson = False,
+) -> None:
+    """Solve one question with a strategy; print the answer, the spend and the run id."""
+    values = {**parse_assignments(assignments or []), "budget": budget}
+    with user_errors(), err.status("loading models…") as status:
+        outcome = solve_question(
+            question,
+            strategy=strategy,
+            values=values,
+            models=models_from(proposer, verifier, reviser, seed),
+            database=database,
+            run_name=run_name,
+            reference=reference,
+            progress=StatusLine(status.update),
+        )
+    if as_json:
+        print(json.dumps(outcome.as_json()))
+        return
+    verdict = {True: " [green](correct)[/]", False: " [red](wrong)[/]", None: ""}[outcome.correct]
+    out.print(f"[bold]answer:[/] {outcome.answer}{verdict}")
+    spend = outcome.spend
+    out.print(
+        f"spent {spend.generations:g} of {budget} generations, {spend.tokens} tokens, "
+        f"{spend.flops:.3g} FLOPs in {outcome.seconds:.2f}s"
+    )
+    out.print(f"run {outcome.run_id} · `ttc trace {outcome.run_id}` shows every step")
+
+
+@app.command()
+def trace(
+    run: Annotated[str, typer.Argument(help="run id or run name")],
+    problem: Annotated[str | None, typer.Option("--problem", help="problem key (default: every problem)")] = None,
+    database: Database = None,
+    as_json: AsJson = False,
+) -> None:
+    """Show a run's stored trace: node executions, and the tree of candidates with their scores."""
+    with user_errors():
+        sessions = connect(database)
+        with sessions() as session:
+            found = queries.find_run(session, run)
+            if found is None:
+                fail(f"no run with id or name {run!r} in this database")
+            traces = queries.trace_of(session, found.id, problem_key=problem)
+            if not traces:
+                fail(f"run {run!r} has no solve for problem {problem!r}" if problem else f"run {run!r} has no solves")
+            trees = [queries.candidate_tree(session, t.id) for t in traces]
+    if as_json:
+        print(json.dumps({"run_id": found.id, "solves": [asdict(t) for t in traces]}, default=str))
+        return
+    for solve_trace, roots in zip(traces, trees, strict=True):
+        out.print(render_solve(solve_trace, roots))
+
+
+def _mount_testbed() -> None:
+    try:
+        from flows.testbed_cli import testbed_app
+    except ModuleNotFoundError as missing:
+        if missing.name != "flows.testbed_cli":
+            raise
+        return
+    app.add_typer(testbed_app, name="testbed", help="train and report on the built-in testbed models")
+
+
+_mount_testbed()
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,153 @@
+"""Solve one question with one strategy, traced into the database.
+
+This is the unit every flow schedules: resolve the strategy and its settings, load the engines,
+open (or resume) the run, run the graph with a database sink, grade, and close the solve.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from db.recorder import Recorder
+from db.session import connect
+from flows.config import ModelSettings
+from flows.tracing import DatabaseSink
+from graphs import registry
+from graphs.runner import SolveError, StepEvent, TraceSink, run_graph
+from graphs.settings import StrategySettings
+from ttc_nodes.answers import is_correct
+from ttc_nodes.budget import BudgetError, Spend
+from ttc_nodes.engines import load_proposer, load_verifier
+from ttc_nodes.state import SolveContext
+
+
+@dataclass(frozen=True)
+class SolveOutcome:
+    run_id: str
+    solve_id: int
+    dataset: str
+    problem_key: str
+    strategy: str
+    settings: dict[str, Any]
+    answer: str | None
+    correct: bool | None
+    spend: Spend
+    seconds: float
+    votes: dict[str, float] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "solve_id": self.solve_id,
+            "dataset": self.dataset,
+            "problem_key": self.problem_key,
+            "strategy": self.strategy,
+            "settings": self.settings,
+            "answer": self.answer,
+            "correct": self.correct,
+            **self.spend.as_dict(),
+            "seconds": self.seconds,
+            "votes": self.votes,
+        }
+
+
+def question_key(question: str) -> str:
+    """A stable key for an ad-hoc question (the same text always maps to the same problem)."""
+    return hashlib.sha256(question.encode()).hexdigest()[:16]
+
+
+def engines_for(strategy: str, settings: StrategySettings, models: ModelSettings) -> SolveContext:
+    """Load only the engines the strategy uses. The reviser defaults to the testbed reviser when the
+    proposer is the testbed's, else to the proposer itself."""
+    proposer = load_proposer(models.proposer)
+    verifier = load_verifier(models.verifier) if settings.needs_verifier else None
+    reviser = None
+    if strategy == "revisions":
+        reviser_uri = models.reviser or (
+            "testbed:reviser" if models.proposer.startswith("testbed:") else models.proposer
+        )
+        reviser = load_proposer(reviser_uri)
+    return SolveContext(proposer=proposer, verifier=verifier, reviser=reviser, seed=models.seed)
+
+
+class Tee:
+    """Sends each trace event to several sinks (the database, a progress display)."""
+
+    def __init__(self, *sinks: TraceSink) -> None:
+        self.sinks = sinks
+
+    def step(self, event: StepEvent) -> None:
+        for sink in self.sinks:
+            sink.step(event)
+
+
+def solve_question(
+    question: str,
+    *,
+    strategy: str,
+    values: Mapping[str, Any],
+    models: ModelSettings,
+    database: str | None = None,
+    run_name: str | None = None,
+    reference: str | None = None,
+    dataset: str = "adhoc",
+    key: str | None = None,
+    progress: TraceSink | None = None,
+) -> SolveOutcome:
+    """Solve `question` with `strategy`, trace every step, grade against `reference` if given.
+
+    Settings are validated and engines loaded before anything is written, so bad input leaves the
+    database untouched. A failing node marks the solve failed (its trace so far is kept).
+    """
+    chosen = registry.get(strategy)
+    settings = chosen.configure(values)
+    context = engines_for(strategy, settings, models)
+    recorder = Recorder(connect(database))
+    config = {"strategy": strategy, "settings": settings.model_dump(), **models.model_dump()}
+    run_id = recorder.open_run(run_name, config)
+    problem_key = key or question_key(question)
+    problem_id = recorder.problem(dataset, problem_key, question, reference)
+    solve_id = recorder.start_solve(run_id, problem_id, strategy, settings.model_dump(), settings.budget)
+    sink = DatabaseSink(
+        recorder,
+        solve_id,
+        verifier=context.verifier.uri if context.verifier else "",
+        aggregation=settings.aggregation,
+    )
+    graph = registry.compile_graph(strategy, settings)
+    try:
+        result = run_graph(graph, question, context, Tee(sink, progress) if progress else sink)
+        if result.spend.generations > settings.budget:
+            raise BudgetError(
+                f"{strategy} spent {result.spend.generations} generations of a budget of {settings.budget}"
+            )
+    except (SolveError, BudgetError) as error:
+        recorder.fail_solve(solve_id, str(error))
+        raise
+    correct = is_correct(result.answer, reference)
+    recorder.finish_solve(
+        solve_id,
+        answer=result.answer,
+        correct=correct,
+        generations=result.spend.generations,
+        tokens=result.spend.tokens,
+        flops=result.spend.flops,
+        seconds=result.seconds,
+        detail={"votes": result.votes, "chosen": result.chosen, "spend": result.spend.as_dict()},
+    )
+    return SolveOutcome(
+        run_id=run_id,
+        solve_id=solve_id,
+        dataset=dataset,
+        problem_key=problem_key,
+        strategy=strategy,
+        settings=settings.model_dump(),
+        answer=result.answer,
+        correct=correct,
+        spend=result.spend,
+        seconds=result.seconds,
+        votes=result.votes,
+    )

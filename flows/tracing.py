@@ -1,0 +1,63 @@
+"""Glue between the graph runner's trace events and the database recorder."""
+
+from __future__ import annotations
+
+from db.recorder import CandidateRecord, Recorder, ScoreRecord, StepRecord
+from graphs.runner import StepEvent
+from ttc_nodes.state import Candidate
+
+
+class DatabaseSink:
+    """Writes each node execution (its new candidates and new scores) as it happens."""
+
+    def __init__(self, recorder: Recorder, solve_id: int, *, verifier: str, aggregation: str) -> None:
+        self.recorder = recorder
+        self.solve_id = solve_id
+        self.verifier = verifier
+        self.aggregation = aggregation
+
+    def step(self, event: StepEvent) -> None:
+        self.recorder.record_step(
+            self.solve_id,
+            StepRecord(
+                seq=event.seq,
+                node=event.node,
+                round=event.round,
+                started_at=event.started_at,
+                seconds=event.seconds,
+                generations=event.spend.generations,
+                tokens=event.spend.tokens,
+                flops=event.spend.flops,
+                detail=event.detail,
+                error=event.error,
+                candidates=[candidate_record(c) for c in event.new],
+                scores=[self.score_record(c) for c in event.scored],
+            ),
+        )
+
+    def score_record(self, candidate: Candidate) -> ScoreRecord:
+        assert candidate.score is not None
+        return ScoreRecord(
+            candidate_key=candidate.key,
+            step_scores=list(candidate.step_scores or ()),
+            value=candidate.score,
+            aggregation=self.aggregation,
+            verifier=self.verifier,
+            truncated=candidate.truncated,
+        )
+
+
+def candidate_record(candidate: Candidate) -> CandidateRecord:
+    return CandidateRecord(
+        key=candidate.key,
+        parent_key=candidate.parent,
+        round=candidate.round,
+        depth=candidate.depth,
+        text=candidate.text,
+        kind=candidate.kind,
+        finished=candidate.finished,
+        answer=candidate.answer,
+        chain=candidate.chain,
+        logprob=candidate.logprob,
+        tokens=candidate.tokens,
+    )
