@@ -18,12 +18,17 @@ def _clip(text: str, width: int = 70) -> str:
 def steps_table(trace: SolveTrace) -> Table:
     table = Table(title="node executions", title_justify="left", show_edge=False)
     for column in ("#", "node", "round", "seconds", "gens", "tokens", "new", "detail / error"):
-        table.add_column(column, justify="right" if column in {"#", "round", "seconds", "gens", "tokens", "new"} else "left")
+        table.add_column(
+            column,
+            justify="right" if column in {"#", "round", "seconds", "gens", "tokens", "new"} else "left",
+        )
     created: dict[int, int] = {}
     for candidate in trace.candidates:
         created[candidate.step_id] = created.get(candidate.step_id, 0) + 1
     for step in trace.steps:
-        note = step.error or _clip(", ".join(f"{k}={v}" for k, v in step.detail.items() if k != "weights"), 60)
+        note = step.error or _clip(
+            ", ".join(f"{k}={v}" for k, v in step.detail.items() if k != "weights"), 60
+        )
         table.add_row(
             str(step.seq),
             step.node,
@@ -49,7 +54,9 @@ def candidate_tree(trace: SolveTrace, roots: list[TreeNode], chosen: str | None)
         mark = " [bold yellow]★ chosen[/]" if node.key == chosen else ""
         answer = f" [cyan]→ {node.answer}[/]" if node.answer is not None else ""
         style = "dim" if node.kind == "rollout" else ""
-        label = Text.from_markup(f"[{style or 'default'}]{node.key} r{node.round} {node.kind} s={score}[/]{answer}{mark}  ")
+        label = Text.from_markup(
+            f"[{style or 'default'}]{node.key} r{node.round} {node.kind} s={score}[/]{answer}{mark}  "
+        )
         label.append(_clip(node.text), style="dim" if node.kind == "rollout" else "")
         branch = parent.add(label)
         for child in node.children:
@@ -62,6 +69,8 @@ def candidate_tree(trace: SolveTrace, roots: list[TreeNode], chosen: str | None)
 
 def render_solve(trace: SolveTrace, roots: list[TreeNode]) -> Group:
     header = Text.assemble(
-        ("problem ", "bold"), f"{trace.problem.dataset}/{trace.problem.key}: ", _clip(trace.problem.question, 100)
+        ("problem ", "bold"),
+        f"{trace.problem.dataset}/{trace.problem.key}: ",
+        _clip(trace.problem.question, 100),
     )
     return Group(header, steps_table(trace), candidate_tree(trace, roots, trace.detail.get("chosen")))

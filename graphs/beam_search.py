@@ -49,7 +49,9 @@ def build(settings: BeamSettings) -> CompiledStateGraph:
     graph.add_node("verify", scorer)
     graph.add_node(
         "prune",
-        partial(prune_beams, budget=settings.beams, beam_width=settings.beam_width, max_rounds=settings.max_rounds),
+        partial(
+            prune_beams, budget=settings.beams, beam_width=settings.beam_width, max_rounds=settings.max_rounds
+        ),
     )
     graph.add_node("select", partial(select_answer, method="weighted", source="finished"))
     graph.add_edge(START, "expand")

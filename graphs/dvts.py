@@ -34,7 +34,9 @@ def build(settings: DVTSSettings) -> CompiledStateGraph:
         ),
     )
     graph.add_node("verify", partial(verify, aggregation=settings.aggregation))
-    graph.add_node("prune", partial(prune_subtrees, beam_width=settings.beam_width, max_rounds=settings.max_rounds))
+    graph.add_node(
+        "prune", partial(prune_subtrees, beam_width=settings.beam_width, max_rounds=settings.max_rounds)
+    )
     graph.add_node("select", partial(select_answer, method="weighted", source="finished"))
     graph.add_edge(START, "expand")
     graph.add_edge("expand", "verify")

@@ -101,7 +101,9 @@ register(
     best_of_n.build,
     "sample N answers, sum PRM scores per answer, keep the largest sum",
 )
-register("beam", BeamSettings, beam_search.build, "beam search over steps: keep N/M prefixes, expand each M times")
+register(
+    "beam", BeamSettings, beam_search.build, "beam search over steps: keep N/M prefixes, expand each M times"
+)
 register("lookahead", LookaheadSettings, lookahead.build, "beam search scored after a k-step greedy rollout")
 register("dvts", DVTSSettings, dvts.build, "N/M independent subtrees, each grown greedily by PRM score")
 register("revisions", RevisionSettings, revisions.build, "chains of revisions, selected across each chain")

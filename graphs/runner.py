@@ -70,46 +70,48 @@ def run_graph(
     *,
     recursion_limit: int = 1000,
 ) -> SolveResult:
-    """Solve one question with a strategy graph, reporting each node execution to `sink`."""
+    """Solve one question with a strategy graph, reporting each node execution to `sink`.
+
+    LangGraph's task events give each node's start, result or error; the runner times them and
+    diffs the candidates each result carries against those already seen.
+    """
     known: dict[str, Candidate] = {}
     spend = Spend()
     seq = 0
     round_number = 0
     final: dict[str, Any] = {"question": question}
     begun = time.perf_counter()
-    mark, wall = begun, datetime.now(UTC)
+    started: dict[str, tuple[float, datetime]] = {}
     stream = graph.stream(
         {"question": question},
         context=context,
-        stream_mode=["updates", "values"],
+        stream_mode=["tasks", "values"],
         config={"recursion_limit": recursion_limit},
     )
-    while True:
-        try:
-            mode, chunk = next(stream)
-        except StopIteration:
-            break
-        except Exception as error:
+    failure: StepEvent | None = None
+    try:
+        for mode, chunk in stream:
+            if mode == "values":
+                final = dict(chunk)
+                continue
+            if "input" in chunk:
+                started[chunk["id"]] = (time.perf_counter(), datetime.now(UTC))
+                continue
+            mark, wall = started.pop(chunk["id"], (time.perf_counter(), datetime.now(UTC)))
             seconds = time.perf_counter() - mark
-            if sink is not None:
-                sink.step(
-                    StepEvent(
-                        seq=seq,
-                        node=_failed_node(error),
-                        round=round_number,
-                        started_at=wall,
-                        seconds=seconds,
-                        spend=Spend(),
-                        error=f"{type(error).__name__}: {error}",
-                    )
+            if chunk.get("error") is not None:
+                error = chunk["error"]
+                failure = StepEvent(
+                    seq,
+                    chunk["name"],
+                    round_number,
+                    wall,
+                    seconds,
+                    Spend(),
+                    error=f"{type(error).__name__}: {error}",
                 )
-            raise SolveError(f"{type(error).__name__}: {error}") from error
-        if mode == "values":
-            final = dict(chunk)
-            continue
-        now = time.perf_counter()
-        updates = [(node, update or {}) for node, update in chunk.items()]
-        for node, update in updates:
+                continue
+            update = chunk.get("result") or {}
             round_number = int(update.get("round", round_number))
             step_spend = update.get("spend", Spend())
             spend += step_spend
@@ -118,10 +120,10 @@ def run_graph(
                 sink.step(
                     StepEvent(
                         seq=seq,
-                        node=node,
+                        node=chunk["name"],
                         round=round_number,
                         started_at=wall,
-                        seconds=(now - mark) / len(updates),
+                        seconds=seconds,
                         spend=step_spend,
                         new=new,
                         scored=scored,
@@ -129,7 +131,20 @@ def run_graph(
                     )
                 )
             seq += 1
-        mark, wall = now, datetime.now(UTC)
+    except Exception as error:
+        if failure is None:
+            failure = StepEvent(
+                seq,
+                "graph",
+                round_number,
+                datetime.now(UTC),
+                0.0,
+                Spend(),
+                error=f"{type(error).__name__}: {error}",
+            )
+        if sink is not None:
+            sink.step(failure)
+        raise SolveError(f"node {failure.node!r} failed: {failure.error}") from error
     return SolveResult(
         answer=final.get("answer"),
         chosen=final.get("chosen"),
@@ -155,11 +170,3 @@ def _diff(known: dict[str, Candidate], update: Mapping[str, Any]) -> tuple[list[
             scored.append(candidate)
         known[candidate.key] = candidate
     return new, scored
-
-
-def _failed_node(error: BaseException) -> str:
-    # LangGraph names the failing node in the notes it attaches to the exception.
-    for note in getattr(error, "__notes__", []):
-        if "node" in note:
-            return note.rsplit(" ", 1)[-1].strip("'\".")
-    return "error"

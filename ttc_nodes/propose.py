@@ -23,7 +23,9 @@ def propose_answers(
         [prompt], n, max_tokens=max_tokens, temperature=temperature, seed=context.seed_for("answers")
     )
     answers = [
-        answer_candidate(completion, key=f"1.{index}", round=1, kind="answer", split=context.prompt_format.split_steps)
+        answer_candidate(
+            completion, key=f"1.{index}", round=1, kind="answer", split=context.prompt_format.split_steps
+        )
         for index, completion in enumerate(completions)
     ]
     return {

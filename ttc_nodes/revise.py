@@ -38,16 +38,15 @@ def start_chains(
     }
 
 
-def revise(
-    state: SolveState, runtime: NodeRuntime, *, max_tokens: int, temperature: float
-) -> dict[str, Any]:
+def revise(state: SolveState, runtime: NodeRuntime, *, max_tokens: int, temperature: float) -> dict[str, Any]:
     """Append one revision to every chain; the reviser sees the chain's last (at most 4) answers."""
     context = runtime.context
     reviser = context.require_reviser()
     chains = state["chains"]
     round_number = state.get("round", 0) + 1
     prompts = [
-        context.prompt_format.revision(state["question"], [answer.text for answer in chain]) for chain in chains
+        context.prompt_format.revision(state["question"], [answer.text for answer in chain])
+        for chain in chains
     ]
     results = reviser.generate(
         prompts,

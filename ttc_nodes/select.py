@@ -49,7 +49,7 @@ def vote(candidates: Sequence[Candidate], method: VoteMethod) -> Selection:
         else:
             totals[group] = totals.get(group, 0.0) + weight
     winner = max(totals, key=lambda g: (totals[g], -g))
-    best = max(members[winner], key=lambda c: (c.score if c.score is not None else 0.0))
+    best = max(members[winner], key=lambda c: c.score if c.score is not None else 0.0)
     if method == "majority":
         best = members[winner][0]
     votes = {members[g][0].answer or "": totals[g] for g in sorted(totals)}
@@ -127,7 +127,9 @@ def prune_beams(
     }
 
 
-def prune_subtrees(state: SolveState, runtime: NodeRuntime, *, beam_width: int, max_rounds: int) -> dict[str, Any]:
+def prune_subtrees(
+    state: SolveState, runtime: NodeRuntime, *, beam_width: int, max_rounds: int
+) -> dict[str, Any]:
     """DVTS selection: each independent subtree keeps only its best candidate; a subtree whose best
     candidate has finished is done. Every kept subtree is expanded M times."""
     by_subtree: dict[int, list[Candidate]] = {}

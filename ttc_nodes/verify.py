@@ -103,7 +103,9 @@ def _rollout(candidate: Candidate, tip: Candidate) -> Candidate:
     )
 
 
-def verify_chains(state: SolveState, runtime: NodeRuntime, *, aggregation: Aggregation = "last") -> dict[str, Any]:
+def verify_chains(
+    state: SolveState, runtime: NodeRuntime, *, aggregation: Aggregation = "last"
+) -> dict[str, Any]:
     """Score every answer of every revision chain in one verifier call."""
     verifier = runtime.context.require_verifier("verify_chains")
     chains = state.get("chains", [])

@@ -22,7 +22,23 @@ log = logging.getLogger(__name__)
 def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {device!r}: {error}") from None
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}; e.g. float32, bfloat16, float16")
+    return dtype
+
+
+def _check_max_batch(max_batch: int) -> int:
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    return max_batch
 
 
 def _check_path(path: str) -> Path:
@@ -67,13 +83,14 @@ class HFProposer:
         location = _check_path(path)
         self.uri = uri or f"hf:{location}"
         self.device = pick_device(device)
-        self.max_batch = max_batch
+        self.max_batch = _check_max_batch(max_batch)
+        weights_dtype = _torch_dtype(dtype)
         try:
             self.tokenizer = _load_tokenizer(location, gguf_file)
             self.model = AutoModelForCausalLM.from_pretrained(
-                location, local_files_only=True, gguf_file=gguf_file, dtype=getattr(torch, dtype)
+                location, local_files_only=True, gguf_file=gguf_file, dtype=weights_dtype
             )
-        except OSError as error:
+        except (OSError, ValueError) as error:  # transformers raises either for a directory it cannot read
             raise EngineError(f"cannot load a causal LM from {location}: {error}") from error
         self.model.to(self.device).eval()
         self.parameters = sum(p.numel() for p in self.model.parameters())
@@ -251,14 +268,15 @@ class HFValueHeadPRM:
         location = _check_path(path)
         self.uri = uri or f"hf-prm:{location}"
         self.device = pick_device(device)
-        self.max_batch = max_batch
+        self.max_batch = _check_max_batch(max_batch)
         self.prompt_format = prompt_format
+        weights_dtype = _torch_dtype(dtype)
         try:
             self.tokenizer = _load_tokenizer(location, None)
             self.model = AutoModelForTokenClassification.from_pretrained(
-                location, local_files_only=True, dtype=getattr(torch, dtype)
+                location, local_files_only=True, dtype=weights_dtype
             )
-        except OSError as error:
+        except (OSError, ValueError) as error:
             raise EngineError(f"cannot load a token-classification PRM from {location}: {error}") from error
         if self.model.config.num_labels not in (1, 2):
             raise EngineError(
@@ -277,7 +295,8 @@ class HFValueHeadPRM:
     @torch.inference_mode()
     def _score_batch(self, question: str, solutions: Sequence[Sequence[str]]) -> list[Scored]:
         encoded = [prm_inputs(self.tokenizer, question, steps, self.prompt_format) for steps in solutions]
-        truncated = [len(ids) > self.max_length for ids, _ in encoded]
+        full_lengths = [len(ids) for ids, _ in encoded]
+        truncated = [length > self.max_length for length in full_lengths]
         # Keep the tail: the steps being scored matter more than the start of a long question.
         encoded = [
             (ids[-self.max_length :], [p - max(0, len(ids) - self.max_length) for p in positions])
@@ -299,6 +318,6 @@ class HFValueHeadPRM:
         for row, (ids, positions) in enumerate(encoded):
             scores = [float(probabilities[row, p]) if p >= 0 else 0.5 for p in positions]
             if truncated[row]:
-                log.warning("PRM input of %d tokens truncated to %d", len(ids), self.max_length)
+                log.warning("PRM input of %d tokens truncated to %d", full_lengths[row], self.max_length)
             results.append(Scored(step_scores=scores, tokens=len(ids), truncated=truncated[row]))
         return results

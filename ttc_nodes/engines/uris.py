@@ -92,7 +92,13 @@ def _engine_options(options: dict[str, str]) -> dict[str, Any]:
     unknown = set(options) - set(known)
     if unknown:
         raise ValueError(f"unknown engine option(s) {sorted(unknown)}; known: {sorted(known)}")
-    return {key: known[key](value) for key, value in options.items()}
+    parsed: dict[str, Any] = {}
+    for key, value in options.items():
+        try:
+            parsed[key] = known[key](value)
+        except ValueError:
+            raise ValueError(f"engine option {key}={value!r} is not a valid {known[key].__name__}") from None
+    return parsed
 
 
 def _testbed_proposer(location: str, options: dict[str, str], uri: str) -> Any:

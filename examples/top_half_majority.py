@@ -1,0 +1,80 @@
+"""A new strategy in a few lines: sample N answers, let the PRM drop the weaker half, then take a
+majority vote among the answers that remain.
+
+Run it on the testbed (the defaults) or on your own models:
+
+    python examples/top_half_majority.py "What is 17 * 23?" --budget 8
+"""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from pydantic import Field
+
+from flows.config import ModelSettings
+from flows.solving import solve_question
+from graphs import registry
+from graphs.settings import StrategySettings
+from ttc_nodes.propose import propose_answers
+from ttc_nodes.select import select_answer
+from ttc_nodes.state import NodeRuntime, SolveContext, SolveState
+from ttc_nodes.verify import verify
+
+
+class TopHalfSettings(StrategySettings):
+    keep: float = Field(0.5, gt=0.0, le=1.0, description="fraction of answers kept by PRM score")
+
+
+def keep_top(state: SolveState, runtime: NodeRuntime, *, keep: float) -> dict[str, Any]:
+    """Our own node: keep the best-scored fraction of the pool."""
+    ranked = sorted(state["pool"], key=lambda c: -(c.score or 0.0))
+    kept = ranked[: max(1, round(len(ranked) * keep))]
+    return {"pool": kept, "detail": {"kept": [c.key for c in kept]}}
+
+
+def build(settings: TopHalfSettings) -> CompiledStateGraph:
+    graph = StateGraph(SolveState, context_schema=SolveContext)
+    graph.add_node(
+        "propose",
+        partial(
+            propose_answers,
+            n=settings.budget,
+            max_tokens=settings.max_answer_tokens,
+            temperature=settings.temperature,
+        ),
+    )
+    graph.add_node("verify", partial(verify, aggregation=settings.aggregation))
+    graph.add_node("keep_top", partial(keep_top, keep=settings.keep))
+    graph.add_node("select", partial(select_answer, method="majority"))
+    graph.add_edge(START, "propose")
+    graph.add_edge("propose", "verify")
+    graph.add_edge("verify", "keep_top")
+    graph.add_edge("keep_top", "select")
+    graph.add_edge("select", END)
+    return graph.compile(name="top_half_majority")
+
+
+registry.register("top_half_majority", TopHalfSettings, build, "PRM keeps the best half, then majority vote")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("question")
+    parser.add_argument("--budget", type=int, default=8)
+    parser.add_argument("--db", default=None, help="database URL (default: TTC_DATABASE_URL or SQLite)")
+    args = parser.parse_args()
+    outcome = solve_question(
+        args.question,
+        strategy="top_half_majority",
+        values={"budget": args.budget},
+        models=ModelSettings(),
+        database=args.db,
+    )
+    print(f"answer {outcome.answer} · run {outcome.run_id} · `ttc trace {outcome.run_id}` shows the steps")
