@@ -20,22 +20,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+from rich.console import Console
+from rich.table import Table
 
-from db.recorder import Recorder  # noqa: E402
-from db.session import connect  # noqa: E402
-from flows.tracing import DatabaseSink  # noqa: E402
-from graphs import registry  # noqa: E402
-from graphs.runner import run_graph  # noqa: E402
-from graphs.settings import BeamSettings  # noqa: E402
-from tests.model_fixtures import save_tiny_model  # noqa: E402
-from tests.scripted import ScriptedProposer, ScriptedVerifier  # noqa: E402
-from ttc_nodes.engines import load_proposer, load_verifier  # noqa: E402
-from ttc_nodes.select import prune_beams, select_answer  # noqa: E402
-from ttc_nodes.state import SolveContext  # noqa: E402
-from ttc_nodes.propose import expand_steps  # noqa: E402
-from ttc_nodes.verify import verify  # noqa: E402
+from db.recorder import Recorder
+from db.session import connect
+from flows.tracing import DatabaseSink
+from graphs import registry
+from graphs.runner import run_graph
+from graphs.settings import BeamSettings
+from tests.model_fixtures import save_tiny_model
+from tests.scripted import ScriptedProposer, ScriptedVerifier
+from ttc_nodes.engines import load_proposer, load_verifier
+from ttc_nodes.propose import expand_steps
+from ttc_nodes.select import prune_beams, select_answer
+from ttc_nodes.state import SolveContext
+from ttc_nodes.verify import verify
 
 
 class Runtime:
@@ -130,7 +130,9 @@ def main() -> None:
     baselines = {label: seconds for label, runner, seconds, _ in rows if runner == "plain loop"}
     for label, runner, seconds, nodes in rows:
         overhead = (seconds - baselines[label]) / nodes * 1000
-        table.add_row(label, runner, f"{seconds:.4f}", str(nodes), f"{overhead:.3f}", f"{seconds / baselines[label]:.2f}")
+        table.add_row(
+            label, runner, f"{seconds:.4f}", str(nodes), f"{overhead:.3f}", f"{seconds / baselines[label]:.2f}"
+        )
     Console(width=150).print(table)
 
 
