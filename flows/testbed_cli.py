@@ -1,0 +1,123 @@
+"""`ttc testbed ...`: train the built-in testbed models, and report how they stand."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+testbed_app = typer.Typer(help="The built-in testbed: a synthetic arithmetic task and three small models.")
+console = Console()
+
+
+@testbed_app.command()
+def train(
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write proposer/, prm/ and reviser/ (default: the shipped folder).")
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="Tiny models and few steps (for tests; under a minute).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice in the recipe.")] = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads for torch.")] = 2,
+) -> None:
+    """Train proposer, PRM (Monte-Carlo rollout labels) and reviser, as the paper does."""
+    import torch
+
+    from ttc_nodes.testbed.checkpoints import checkpoint_dir
+    from ttc_nodes.testbed.train import train as run_training
+
+    torch.set_num_threads(threads)
+    target = out or checkpoint_dir()
+    started = time.perf_counter()
+    timings = run_training(target, quick=quick, seed=seed)
+    table = Table(title=f"testbed trained into {target}")
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    for stage, seconds in timings.items():
+        table.add_row(stage, f"{seconds:.1f}")
+    table.add_row("total", f"{time.perf_counter() - started:.1f}")
+    console.print(table)
+
+
+@testbed_app.command()
+def report(
+    out: Annotated[Path, typer.Option(help="JSON file for the measurements.")] = Path("testbed_report.json"),
+    problems: Annotated[int, typer.Option(help="Held-out problems.")] = 200,
+    samples: Annotated[int, typer.Option(help="Proposer samples per problem.")] = 64,
+    models: Annotated[
+        Path | None, typer.Option(help="Folder with proposer/, prm/, reviser/ (default: the shipped ones).")
+    ] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads for torch.")] = 2,
+) -> None:
+    """Measure proposer pass@1 by difficulty, PRM AUC, weighted best-of-N vs majority, revisions."""
+    import torch
+
+    from ttc_nodes.testbed.report import ReportSettings, build_report
+
+    torch.set_num_threads(threads)
+    settings = ReportSettings(
+        problems=problems,
+        samples=samples,
+        rollout_solutions=min(100, problems),
+        chains=max(1, min(4, samples // 16)),
+    )
+    result = build_report(settings, models)
+    out.write_text(json.dumps(result, indent=2))
+    print_report(result)
+    console.print(f"saved to {out}")
+
+
+def print_report(result: dict[str, Any]) -> None:
+    proposer, best_of_n = result["proposer"], result["best_of_n"]
+    table = Table(title=f"difficulty quintiles (oracle pass@1), N={best_of_n['budget']} for voting")
+    for column in ("bin", "problems", "mean level", "proposer pass@1", "weighted BoN", "majority"):
+        table.add_column(column, justify="right")
+    for row, vote in zip(proposer["by_quintile"], best_of_n["by_quintile"], strict=True):
+        table.add_row(
+            str(row["bin"]),
+            str(row["problems"]),
+            f"{row['mean_level']:.1f}",
+            f"{row['pass_at_1']:.3f}",
+            f"{vote['weighted']:.3f}",
+            f"{vote['majority']:.3f}",
+        )
+    table.add_row(
+        "all", "", "", f"{proposer['pass_at_1']:.3f}", f"{best_of_n['weighted']:.3f}", f"{best_of_n['majority']:.3f}"
+    )
+    console.print(table)
+
+    levels = Table(title="proposer pass@1 by generator level")
+    levels.add_column("level", justify="right")
+    levels.add_column("problems", justify="right")
+    levels.add_column("pass@1", justify="right")
+    for row in proposer["by_level"]:
+        levels.add_row(str(row["level"]), str(row["problems"]), f"{row['pass_at_1']:.3f}")
+    console.print(levels)
+
+    prm = result["prm"]
+    scores = Table(title="PRM step-level AUC")
+    scores.add_column("against")
+    scores.add_column("AUC", justify="right")
+    scores.add_row("exact correctness, first-error convention", _fmt(prm["auc_vs_prefix_correctness"]))
+    scores.add_row("the step's own arithmetic", _fmt(prm["auc_vs_step_arithmetic"]))
+    scores.add_row(f"MC rollout labels >= 0.5 ({prm['mc_steps']} steps)", _fmt(prm["auc_vs_mc_labels"]))
+    console.print(scores)
+
+    reviser = result["reviser"]
+    chain = Table(title="reviser pass@1 along a revision chain")
+    for position in range(len(reviser["pass_at_1_by_position"])):
+        chain.add_column(f"pos {position}", justify="right")
+    chain.add_row(*(f"{x:.3f}" for x in reviser["pass_at_1_by_position"]))
+    console.print(chain)
+    console.print(
+        f"correct answers broken by the next revision: {reviser['share_of_correct_broken_by_next_revision']:.2f}; "
+        f"proposer pass@1 on the same problems: {reviser['proposer_pass_at_1_same_problems']:.3f}"
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -1,0 +1,53 @@
+"""A `--quick` training run end to end: its checkpoints load through the ordinary engines."""
+
+from __future__ import annotations
+
+import pytest
+
+from ttc_nodes.engines.hf import HFProposer, HFValueHeadPRM
+from ttc_nodes.engines.uris import load_proposer, load_verifier
+from ttc_nodes.prompts import DEFAULT_FORMAT
+from ttc_nodes.testbed import task
+from ttc_nodes.testbed.checkpoints import checkpoint_path
+from ttc_nodes.testbed.train import train
+
+
+@pytest.fixture(scope="session")
+def quick_models(tmp_path_factory):
+    out = tmp_path_factory.mktemp("testbed")
+    train(out, quick=True, seed=0)
+    return out
+
+
+@pytest.mark.slow
+def test_quick_training_writes_checkpoints_the_engines_load(quick_models, monkeypatch):
+    problem = task.problems(1, seed=0, difficulty=2)[0]
+    proposer = HFProposer(str(quick_models / "proposer"), device="cpu")
+    (samples,) = proposer.generate(
+        [DEFAULT_FORMAT.solution(problem.question)], 2, max_tokens=8, temperature=1.0, stop=["\n\n"], seed=0
+    )
+    assert len(samples) == 2 and all(s.completion_tokens <= 8 for s in samples)
+
+    prm = HFValueHeadPRM(str(quick_models / "prm"), device="cpu")
+    (scored,) = prm.score(problem.question, [list(problem.steps)])
+    assert len(scored.step_scores) == len(problem.steps)
+    assert all(0.0 <= s <= 1.0 for s in scored.step_scores)
+
+    reviser = HFProposer(str(quick_models / "reviser"), device="cpu")
+    (revised,) = reviser.generate(
+        [DEFAULT_FORMAT.revision(problem.question, ["1 + 1 = \\boxed{2}"])], 1, max_tokens=8, temperature=1.0
+    )
+    assert len(revised) == 1
+
+    monkeypatch.setenv("TTC_TESTBED_DIR", str(quick_models))
+    assert checkpoint_path("prm") == quick_models / "prm"
+    assert load_proposer("testbed:reviser?device=cpu").parameters == reviser.parameters
+    assert load_verifier("testbed:prm?device=cpu").parameters == prm.parameters
+
+
+def test_missing_checkpoint_tells_the_user_to_train(tmp_path, monkeypatch):
+    monkeypatch.setenv("TTC_TESTBED_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="ttc testbed train"):
+        checkpoint_path("proposer")
+    with pytest.raises(ValueError, match="unknown testbed model"):
+        checkpoint_path("critic")

@@ -1,0 +1,1 @@
+"""The built-in testbed: a synthetic arithmetic task and three small models trained on it."""

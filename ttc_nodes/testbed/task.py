@@ -1,0 +1,275 @@
+"""The testbed task: multi-step arithmetic with exact answers, written and solved MATH-style.
+
+A problem is a left-to-right chain of operations on whole numbers, written with the parentheses
+that order of operations needs, e.g. `Compute (37 + 48) * 3 - 25.` Its solution has one operation
+per step (one paragraph each) and the final step boxes the answer:
+
+    37 + 48 = 85
+
+    85 * 3 = 255
+
+    255 - 25 = \\boxed{230}
+
+The difficulty knob (1 = easiest) sets the number of operations, operand sizes and whether
+multiplications appear; carries and parentheses grow with it. `worked_solution(..., slip_rate=)`
+writes the solution a fallible student would: at each step, with a chance that grows with the
+step's carries, the result gets a plausible slip (a dropped carry, a forgotten borrow, a digit off
+by one) and later steps carry the wrong value on consistently. The proposer is trained on those.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from ttc_nodes.prompts import STEP_SEPARATOR
+
+Operation = tuple[str, int]  # ("+", 48): apply "+ 48" to the running value
+
+
+@dataclass(frozen=True)
+class Level:
+    operations: int
+    digits: int  # digits of the starting number and of added / subtracted operands
+    multiplier_digits: int  # 0: no multiplication at this level
+
+
+LEVELS: dict[int, Level] = {
+    1: Level(operations=1, digits=2, multiplier_digits=0),
+    2: Level(operations=2, digits=2, multiplier_digits=0),
+    3: Level(operations=2, digits=2, multiplier_digits=1),
+    4: Level(operations=3, digits=2, multiplier_digits=1),
+    5: Level(operations=3, digits=3, multiplier_digits=1),
+    6: Level(operations=4, digits=3, multiplier_digits=1),
+    7: Level(operations=5, digits=3, multiplier_digits=1),
+    8: Level(operations=6, digits=3, multiplier_digits=1),
+}
+MAX_DIFFICULTY = max(LEVELS)
+MAX_VALUE_FOR_MULTIPLY = 9_999  # keep running values (and sequence lengths) bounded
+SLIP_RATE = 0.05  # slip chance per carry and per digit beyond the first, in the training data
+
+
+@dataclass(frozen=True)
+class ArithProblem:
+    """One problem: its question, reference steps and exact answer."""
+
+    key: str
+    question: str
+    steps: tuple[str, ...]
+    answer: str
+    difficulty: int
+    start: int
+    operations: tuple[Operation, ...]
+
+    @property
+    def solution(self) -> str:
+        """The reference solution as one text (steps separated by a blank line)."""
+        return STEP_SEPARATOR.join(self.steps)
+
+
+def problems(
+    n: int,
+    seed: int,
+    difficulty: int | None = None,
+    *,
+    min_difficulty: int = 1,
+    max_difficulty: int = MAX_DIFFICULTY,
+) -> list[ArithProblem]:
+    """`n` problems drawn with `seed`; a fixed `difficulty`, or uniform over the given range."""
+    if difficulty is not None:
+        min_difficulty = max_difficulty = difficulty
+    if not 1 <= min_difficulty <= max_difficulty <= MAX_DIFFICULTY:
+        raise ValueError(f"difficulty must lie in 1..{MAX_DIFFICULTY}, got {min_difficulty}..{max_difficulty}")
+    rng = random.Random(f"arith-{seed}")
+    drawn = []
+    for index in range(n):
+        level = rng.randint(min_difficulty, max_difficulty)
+        start, operations = _draw_operations(LEVELS[level], rng)
+        drawn.append(make_problem(f"arith-s{seed}-{index}", start, operations, level))
+    return drawn
+
+
+def from_spec(options: dict[str, str]) -> list[ArithProblem]:
+    """Problems for a dataset spec such as `testbed:arith?n=500&seed=7&max_difficulty=4`."""
+    known = {"n", "seed", "difficulty", "min_difficulty", "max_difficulty"}
+    unknown = set(options) - known
+    if unknown:
+        raise ValueError(f"unknown testbed:arith option(s) {sorted(unknown)}; known: {sorted(known)}")
+    difficulty = options.get("difficulty")
+    return problems(
+        int(options.get("n", "100")),
+        int(options.get("seed", "0")),
+        int(difficulty) if difficulty is not None else None,
+        min_difficulty=int(options.get("min_difficulty", "1")),
+        max_difficulty=int(options.get("max_difficulty", str(MAX_DIFFICULTY))),
+    )
+
+
+def make_problem(key: str, start: int, operations: tuple[Operation, ...], difficulty: int) -> ArithProblem:
+    steps = worked_solution(start, operations)
+    return ArithProblem(
+        key=key,
+        question=f"Compute {expression(start, operations)}.",
+        steps=tuple(steps),
+        answer=str(evaluate(start, operations)),
+        difficulty=difficulty,
+        start=start,
+        operations=operations,
+    )
+
+
+def _draw_operations(level: Level, rng: random.Random) -> tuple[int, tuple[Operation, ...]]:
+    def number(digits: int) -> int:
+        return rng.randint(10 ** (digits - 1), 10**digits - 1)
+
+    start = number(level.digits)
+    value, operations = start, []
+    for _ in range(level.operations):
+        choices = ["+", "-"] if value >= 10 else ["+"]
+        if level.multiplier_digits and value <= MAX_VALUE_FOR_MULTIPLY:
+            choices.append("*")
+        op = rng.choice(choices)
+        if op == "*":
+            operand = rng.randint(2, 10**level.multiplier_digits - 1)
+        elif op == "-":
+            operand = rng.randint(1, min(value, 10**level.digits - 1))
+        else:
+            operand = number(level.digits)
+        operations.append((op, operand))
+        value = apply(value, op, operand)
+    return start, tuple(operations)
+
+
+def apply(value: int, op: str, operand: int) -> int:
+    if op == "+":
+        return value + operand
+    if op == "-":
+        return value - operand
+    if op == "*":
+        return value * operand
+    raise ValueError(f"unknown operation {op!r}")
+
+
+def evaluate(start: int, operations: tuple[Operation, ...]) -> int:
+    value = start
+    for op, operand in operations:
+        value = apply(value, op, operand)
+    return value
+
+
+def expression(start: int, operations: tuple[Operation, ...]) -> str:
+    """The chain written as ordinary maths: parentheses only where a product needs them."""
+    text, additive_on_top = str(start), False
+    for op, operand in operations:
+        if op == "*" and additive_on_top:
+            text = f"({text})"
+        text = f"{text} {op} {operand}"
+        additive_on_top = op in "+-"
+    return text
+
+
+def carries(value: int, op: str, operand: int) -> int:
+    """How many carries (addition, multiplication) or borrows (subtraction) the step needs."""
+    value, operand = abs(value), abs(operand)  # a slipped chain can go below zero
+    if op == "*":
+        count = 0
+        for digit in str(operand):
+            carry = 0
+            for top in reversed(str(value)):
+                carry = (int(top) * int(digit) + carry) // 10
+                count += carry > 0
+        return count
+    a, b = str(value)[::-1], str(operand)[::-1]
+    count, carry = 0, 0
+    for i in range(max(len(a), len(b))):
+        x = int(a[i]) if i < len(a) else 0
+        y = int(b[i]) if i < len(b) else 0
+        carry = int(x + y + carry >= 10) if op == "+" else int(x - y - carry < 0)
+        count += carry
+    return count
+
+
+def slip(value: int, op: str, operand: int, rng: random.Random) -> int:
+    """A plausible wrong result: a dropped carry, a forgotten borrow or a digit off by one."""
+    right = apply(value, op, operand)
+    for attempt in range(40):
+        place = 10 ** rng.randint(0, max(0, len(str(right)) - 2))
+        if op == "+":
+            wrong = right - 10 * place if rng.random() < 0.7 else right + rng.choice([-1, 1]) * place
+        elif op == "-":
+            wrong = right + 10 * place if rng.random() < 0.7 else right + rng.choice([-1, 1]) * place
+        else:
+            wrong = right + rng.choice([-1, 1]) * place
+        # Slips keep the result's length (a digit goes wrong), unless no such slip turns up.
+        if wrong >= 0 and wrong != right and (len(str(wrong)) == len(str(right)) or attempt >= 20):
+            return wrong
+    return right + 1
+
+
+def step_text(value: int, op: str, operand: int, result: int, final: bool) -> str:
+    shown = f"\\boxed{{{result}}}" if final else str(result)
+    return f"{value} {op} {operand} = {shown}"
+
+
+def slip_chance(value: int, op: str, operand: int, slip_rate: float) -> float:
+    """Slips come with carries, and more so in long numbers."""
+    digits = len(str(abs(apply(value, op, operand))))
+    return slip_rate * carries(value, op, operand) * max(1, digits - 1)
+
+
+def worked_solution(
+    start: int,
+    operations: tuple[Operation, ...],
+    *,
+    slip_rate: float = 0.0,
+    rng: random.Random | None = None,
+) -> list[str]:
+    """Steps of a solution; with `slip_rate` > 0 each carry risks a slip that later steps inherit."""
+    rng = rng or random.Random(0)
+    value, steps = start, []
+    for index, (op, operand) in enumerate(operations):
+        result = apply(value, op, operand)
+        if slip_rate and rng.random() < slip_chance(value, op, operand, slip_rate):
+            result = slip(value, op, operand, rng)
+        steps.append(step_text(value, op, operand, result, final=index == len(operations) - 1))
+        value = result
+    return steps
+
+
+_STEP = re.compile(r"^\s*(-?\d+)\s*([-+*])\s*(\d+)\s*=\s*(?:\\boxed\{\s*(-?\d+)\s*\}|(-?\d+))\s*$")
+
+
+def parse_step(step: str) -> tuple[int, str, int, int] | None:
+    """(left, op, right, result) of a step like `85 * 3 = 255`, or None when it is malformed."""
+    match = _STEP.match(step)
+    if match is None:
+        return None
+    left, op, right, boxed, plain = match.groups()
+    return int(left), op, int(right), int(boxed if boxed is not None else plain)
+
+
+def arithmetic_correct(step: str) -> bool:
+    """Whether a step's own arithmetic is right (whatever its operands)."""
+    parsed = parse_step(step)
+    return parsed is not None and apply(parsed[0], parsed[1], parsed[2]) == parsed[3]
+
+
+def prefix_correct(problem: ArithProblem, steps: list[str]) -> list[bool]:
+    """Per step: whether the solution so far is right (first-error convention: a step is correct
+    when its operands are the problem's, its arithmetic is right and every earlier step is too)."""
+    flags, value, ok = [], problem.start, True
+    for index, step in enumerate(steps):
+        parsed = parse_step(step)
+        expected = problem.operations[index] if index < len(problem.operations) else None
+        ok = (
+            ok
+            and parsed is not None
+            and expected is not None
+            and (parsed[0], parsed[1], parsed[2]) == (value, *expected)
+            and parsed[3] == apply(value, *expected)
+        )
+        if ok and expected is not None:
+            value = apply(value, *expected)
+        flags.append(ok)
+    return flags

@@ -1,0 +1,372 @@
+"""Train the three testbed models, top to bottom.
+
+1. proposer: a small Llama learns to write step-by-step solutions from generated problems whose
+   worked solutions contain occasional plausible slips (more carries, more slips), so its own
+   mistakes grow with difficulty — on top of those its small capacity makes.
+2. samples: the proposer answers training problems (a pool of full answers per problem).
+3. PRM: its step prefixes are labelled by Monte-Carlo rollouts from the proposer (fraction that
+   reach the right answer), and a value head on a copy of the proposer learns them with BCE.
+4. reviser: a copy of the proposer learns to write a correct answer with 0..4 wrong answers of the
+   same question in its context (see `trajectories.py`).
+
+`train(out, quick, seed)` runs them in order and writes `out/{proposer,prm,reviser}/`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.nn import functional as F
+
+from ttc_nodes.engines.hf import HFProposer, prm_inputs
+from ttc_nodes.prompts import DEFAULT_FORMAT
+from ttc_nodes.testbed import task
+from ttc_nodes.testbed.model import (
+    FULL,
+    QUICK,
+    ModelSize,
+    build_tokenizer,
+    new_causal_lm,
+    parameter_count,
+    prm_from_proposer,
+)
+from ttc_nodes.testbed.rollouts import label_prefixes, reaches
+from ttc_nodes.testbed.trajectories import revision_examples
+
+log = logging.getLogger(__name__)
+
+TRAIN_SEED_OFFSET = 1_000_000  # training problems use seeds far from the small seeds of eval sets
+
+
+@dataclass(frozen=True)
+class Recipe:
+    size: ModelSize
+    proposer_steps: int
+    proposer_batch: int
+    proposer_lr: float
+    slip_rate: float  # chance of a slip per carry in the proposer's training solutions
+    pool_problems: int  # training problems the proposer answers for the PRM and reviser data
+    pool_samples: int  # answers per pool problem
+    prm_solutions: int  # sampled answers per problem whose prefixes get rollouts
+    rollouts: int  # Monte-Carlo rollouts per step prefix
+    prm_epochs: int
+    prm_batch: int
+    prm_lr: float
+    reviser_steps: int
+    reviser_batch: int
+    reviser_lr: float
+    max_tokens: int  # longest answer sampled
+
+
+FULL_RECIPE = Recipe(
+    size=FULL,
+    proposer_steps=1500,
+    proposer_batch=64,
+    proposer_lr=2e-3,
+    slip_rate=task.SLIP_RATE,
+    pool_problems=320,
+    pool_samples=16,
+    prm_solutions=2,
+    rollouts=8,
+    prm_epochs=3,
+    prm_batch=32,
+    prm_lr=5e-4,
+    reviser_steps=300,
+    reviser_batch=16,
+    reviser_lr=5e-4,
+    max_tokens=160,
+)
+QUICK_RECIPE = Recipe(
+    size=QUICK,
+    proposer_steps=30,
+    proposer_batch=16,
+    proposer_lr=3e-3,
+    slip_rate=task.SLIP_RATE,
+    pool_problems=4,
+    pool_samples=4,
+    prm_solutions=1,
+    rollouts=2,
+    prm_epochs=1,
+    prm_batch=8,
+    prm_lr=1e-3,
+    reviser_steps=4,
+    reviser_batch=4,
+    reviser_lr=1e-3,
+    max_tokens=48,
+)
+
+
+def train(out: Path, quick: bool = False, seed: int = 0) -> dict[str, float]:
+    """Train proposer, PRM and reviser into `out/{proposer,prm,reviser}`; returns stage timings."""
+    recipe = QUICK_RECIPE if quick else FULL_RECIPE
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    timings: dict[str, float] = {}
+    tokenizer = build_tokenizer()
+
+    started = time.perf_counter()
+    proposer = train_proposer(recipe, tokenizer, seed)
+    save(proposer, tokenizer, out / "proposer")
+    timings["proposer"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    engine = HFProposer(str(out / "proposer"), device="cpu")
+    pool = task.problems(recipe.pool_problems, TRAIN_SEED_OFFSET + seed)
+    answers = sample_answers(engine, pool, recipe.pool_samples, recipe.max_tokens, seed)
+    timings["samples"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    labelled = label_prefixes(
+        engine,
+        [
+            (problem, DEFAULT_FORMAT.split_steps(text))
+            for problem, texts in zip(pool, answers, strict=True)
+            for text in texts[: recipe.prm_solutions]
+        ],
+        rollouts=recipe.rollouts,
+        max_tokens=recipe.max_tokens,
+        seed=seed,
+        progress=_progress_callback("MC rollouts"),
+    )
+    timings["rollouts"] = time.perf_counter() - started
+    started = time.perf_counter()
+    prm = train_prm(recipe, tokenizer, proposer, labelled, seed)
+    save(prm, tokenizer, out / "prm")
+    timings["prm"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    examples = revision_examples(
+        [(problem.question, problem.answer, texts) for problem, texts in zip(pool, answers, strict=True)],
+        is_correct=reaches,
+        seed=seed,
+    )
+    reviser = train_reviser(recipe, tokenizer, proposer, examples, seed)
+    save(reviser, tokenizer, out / "reviser")
+    timings["reviser"] = time.perf_counter() - started
+    return timings
+
+
+# --------------------------------------------------------------------------------------- proposer
+
+
+def proposer_text(question: str, steps: Sequence[str], eos: str) -> tuple[str, str]:
+    """(prompt, target): what the proposer sees, and the solution it learns to write after it."""
+    return DEFAULT_FORMAT.solution(question), DEFAULT_FORMAT.join_steps(steps) + eos
+
+
+def proposer_batches(recipe: Recipe, eos: str, seed: int) -> Iterator[list[tuple[str, str]]]:
+    """Endless batches of fresh problems, one difficulty per batch (similar lengths, little padding)."""
+    for step in range(recipe.proposer_steps):
+        rng = random.Random(f"proposer-{seed}-{step}")
+        level = rng.randint(1, task.MAX_DIFFICULTY)
+        batch = task.problems(recipe.proposer_batch, TRAIN_SEED_OFFSET * 2 + seed * 100_003 + step, level)
+        yield [
+            proposer_text(
+                problem.question,
+                task.worked_solution(problem.start, problem.operations, slip_rate=recipe.slip_rate, rng=rng),
+                eos,
+            )
+            for problem in batch
+        ]
+
+
+def train_proposer(recipe: Recipe, tokenizer, seed: int) -> torch.nn.Module:
+    model = new_causal_lm(recipe.size, tokenizer, seed)
+    log.info("proposer: %d parameters", parameter_count(model))
+    batches = proposer_batches(recipe, tokenizer.eos_token, seed)
+    fit_causal_lm(model, tokenizer, batches, recipe.proposer_steps, recipe.proposer_lr, "proposer")
+    return model
+
+
+def fit_causal_lm(
+    model: torch.nn.Module,
+    tokenizer,
+    batches: Iterator[list[tuple[str, str]]],
+    steps: int,
+    lr: float,
+    name: str,
+) -> None:
+    """Next-token training on (prompt, target) pairs; the loss counts target tokens only."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    schedule = warmup_cosine(steps)
+    model.train()
+    with _progress() as progress:
+        bar = progress.add_task(name, total=steps, loss=float("nan"))
+        for step, pairs in enumerate(batches):
+            input_ids, labels, mask = encode_pairs(tokenizer, pairs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * schedule(step)
+            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.update(bar, advance=1, loss=loss.item())
+    model.eval()
+
+
+def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, ...]:
+    """Right-padded ids, labels (-100 on prompt and padding) and attention mask."""
+    rows = []
+    for prompt, target in pairs:
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+        rows.append((prompt_ids + target_ids, [-100] * len(prompt_ids) + target_ids))
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, (ids, targets) in enumerate(rows):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(ids)] = torch.tensor(targets)
+        mask[row, : len(ids)] = 1
+    return input_ids, labels, mask
+
+
+def warmup_cosine(steps: int, warmup_fraction: float = 0.05, floor: float = 0.1) -> Callable[[int], float]:
+    warmup = max(1, int(steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+# ---------------------------------------------------------------------------------------- samples
+
+
+def sample_answers(
+    engine: HFProposer, problems: Sequence[task.ArithProblem], n: int, max_tokens: int, seed: int
+) -> list[list[str]]:
+    """`n` full answers per problem, sampled at temperature 1."""
+    answers: list[list[str]] = []
+    chunk = max(1, engine.max_batch // n)
+    with _progress() as progress:
+        bar = progress.add_task("sampling answers", total=len(problems), loss=float("nan"))
+        for start in range(0, len(problems), chunk):
+            group = problems[start : start + chunk]
+            prompts = [DEFAULT_FORMAT.solution(problem.question) for problem in group]
+            completions = engine.generate(prompts, n, max_tokens=max_tokens, temperature=1.0, seed=seed + start)
+            answers.extend([c.text for c in row] for row in completions)
+            progress.update(bar, advance=len(group))
+    return answers
+
+
+# -------------------------------------------------------------------------------------------- PRM
+
+
+def train_prm(recipe: Recipe, tokenizer, proposer, labelled, seed: int) -> torch.nn.Module:
+    """BCE on soft Monte-Carlo labels, read at each step's last separator token (as `prm_inputs`)."""
+    prm = prm_from_proposer(proposer, seed)
+    rows = []
+    for question, steps, labels in labelled:
+        ids, positions = prm_inputs(tokenizer, question, steps)
+        rows.append((ids, positions, labels))
+    rng = random.Random(f"prm-{seed}")
+    steps_total = recipe.prm_epochs * math.ceil(len(rows) / recipe.prm_batch)
+    optimizer = torch.optim.AdamW(prm.parameters(), lr=recipe.prm_lr, weight_decay=0.01)
+    schedule = warmup_cosine(steps_total)
+    prm.train()
+    step = 0
+    with _progress() as progress:
+        bar = progress.add_task("PRM", total=steps_total, loss=float("nan"))
+        for _ in range(recipe.prm_epochs):
+            rng.shuffle(rows)
+            for start in range(0, len(rows), recipe.prm_batch):
+                batch = rows[start : start + recipe.prm_batch]
+                width = max(len(ids) for ids, _, _ in batch)
+                input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                targets = torch.full((len(batch), width), -1.0)
+                for row, (ids, positions, labels) in enumerate(batch):
+                    input_ids[row, : len(ids)] = torch.tensor(ids)
+                    mask[row, : len(ids)] = 1
+                    targets[row, positions] = torch.tensor(labels, dtype=torch.float)
+                logits = prm(input_ids=input_ids, attention_mask=mask).logits[..., 0]
+                scored = targets >= 0
+                loss = F.binary_cross_entropy_with_logits(logits[scored], targets[scored])
+                for group in optimizer.param_groups:
+                    group["lr"] = recipe.prm_lr * schedule(step)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(prm.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                progress.update(bar, advance=1, loss=loss.item())
+    prm.eval()
+    return prm
+
+
+# ---------------------------------------------------------------------------------------- reviser
+
+
+def train_reviser(recipe: Recipe, tokenizer, proposer, examples, seed: int) -> torch.nn.Module:
+    """A copy of the proposer fine-tuned on (revision prompt with wrong attempts → correct answer)."""
+    reviser = new_causal_lm(recipe.size, tokenizer, seed)
+    reviser.load_state_dict(proposer.state_dict())
+    pairs = [
+        (DEFAULT_FORMAT.revision(question, attempts), target + tokenizer.eos_token)
+        for question, attempts, target in examples
+    ]
+    rng = random.Random(f"reviser-{seed}")
+
+    def batches() -> Iterator[list[tuple[str, str]]]:
+        for _ in range(recipe.reviser_steps):
+            yield rng.sample(pairs, min(recipe.reviser_batch, len(pairs)))
+
+    if pairs:
+        fit_causal_lm(reviser, tokenizer, batches(), recipe.reviser_steps, recipe.reviser_lr, "reviser")
+    return reviser
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def save(model: torch.nn.Module, tokenizer, directory: Path) -> None:
+    """Standard `save_pretrained` in float16 (small enough to ship), with the tokenizer."""
+    copy.deepcopy(model).to(torch.float16).save_pretrained(directory)
+    # transformers 5 writes `dtype`; vLLM builds pinned to older transformers read `torch_dtype`.
+    config_file = directory / "config.json"
+    config = json.loads(config_file.read_text())
+    config["torch_dtype"] = config.get("dtype", "float16")
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tokenizer.save_pretrained(directory)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        transient=False,
+    )
+
+
+def _progress_callback(name: str) -> Callable[[int, int], None]:
+    progress = _progress()
+    state: dict[str, int] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            progress.start()
+            state["bar"] = progress.add_task(name, total=total, loss=float("nan"))
+        progress.update(state["bar"], completed=done)
+        if done >= total:
+            progress.stop()
+
+    return update
