@@ -13,12 +13,12 @@ from functools import partial
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.state import CompiledStateGraph
 from pydantic import Field
 
 from flows.config import ModelSettings
 from flows.solving import solve_question
 from graphs import registry
+from graphs.runner import StrategyGraph
 from graphs.settings import StrategySettings
 from ttc_nodes.propose import propose_answers
 from ttc_nodes.select import select_answer
@@ -37,7 +37,7 @@ def keep_top(state: SolveState, runtime: NodeRuntime, *, keep: float) -> dict[st
     return {"pool": kept, "detail": {"kept": [c.key for c in kept]}}
 
 
-def build(settings: TopHalfSettings) -> CompiledStateGraph:
+def build(settings: TopHalfSettings) -> StrategyGraph:
     graph = StateGraph(SolveState, context_schema=SolveContext)
     graph.add_node(
         "propose",
@@ -63,9 +63,7 @@ registry.register("top_half_majority", TopHalfSettings, build, "PRM keeps the be
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("question")
     parser.add_argument("--budget", type=int, default=8)
     parser.add_argument("--db", default=None, help="database URL (default: TTC_DATABASE_URL or SQLite)")

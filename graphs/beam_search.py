@@ -10,8 +10,8 @@ from __future__ import annotations
 from functools import partial
 
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.state import CompiledStateGraph
 
+from graphs.runner import StrategyGraph
 from graphs.settings import BeamSettings
 from ttc_nodes.propose import expand_steps
 from ttc_nodes.select import prune_beams, select_answer
@@ -24,7 +24,7 @@ def beams_live(state: SolveState) -> str:
     return "expand" if state.get("pool") else "select"
 
 
-def build(settings: BeamSettings) -> CompiledStateGraph:
+def build(settings: BeamSettings) -> StrategyGraph:
     assert settings.beam_width is not None
     graph = StateGraph(SolveState, context_schema=SolveContext)
     graph.add_node(
@@ -49,9 +49,7 @@ def build(settings: BeamSettings) -> CompiledStateGraph:
     graph.add_node("verify", scorer)
     graph.add_node(
         "prune",
-        partial(
-            prune_beams, budget=settings.beams, beam_width=settings.beam_width, max_rounds=settings.max_rounds
-        ),
+        partial(prune_beams, budget=settings.beams, beam_width=settings.beam_width, max_rounds=settings.max_rounds),
     )
     graph.add_node("select", partial(select_answer, method="weighted", source="finished"))
     graph.add_edge(START, "expand")

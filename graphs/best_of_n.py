@@ -6,8 +6,8 @@ from __future__ import annotations
 from functools import partial
 
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.state import CompiledStateGraph
 
+from graphs.runner import StrategyGraph
 from graphs.settings import BestOfNSettings
 from ttc_nodes.propose import propose_answers
 from ttc_nodes.select import select_answer
@@ -15,7 +15,7 @@ from ttc_nodes.state import SolveContext, SolveState
 from ttc_nodes.verify import verify
 
 
-def build(settings: BestOfNSettings) -> CompiledStateGraph:
+def build(settings: BestOfNSettings) -> StrategyGraph:
     graph = StateGraph(SolveState, context_schema=SolveContext)
     graph.add_node(
         "propose",

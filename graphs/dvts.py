@@ -10,9 +10,9 @@ from __future__ import annotations
 from functools import partial
 
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.state import CompiledStateGraph
 
 from graphs.beam_search import beams_live
+from graphs.runner import StrategyGraph
 from graphs.settings import DVTSSettings
 from ttc_nodes.propose import expand_steps
 from ttc_nodes.select import prune_subtrees, select_answer
@@ -20,7 +20,7 @@ from ttc_nodes.state import SolveContext, SolveState
 from ttc_nodes.verify import verify
 
 
-def build(settings: DVTSSettings) -> CompiledStateGraph:
+def build(settings: DVTSSettings) -> StrategyGraph:
     assert settings.beam_width is not None
     graph = StateGraph(SolveState, context_schema=SolveContext)
     graph.add_node(
@@ -34,9 +34,7 @@ def build(settings: DVTSSettings) -> CompiledStateGraph:
         ),
     )
     graph.add_node("verify", partial(verify, aggregation=settings.aggregation))
-    graph.add_node(
-        "prune", partial(prune_subtrees, beam_width=settings.beam_width, max_rounds=settings.max_rounds)
-    )
+    graph.add_node("prune", partial(prune_subtrees, beam_width=settings.beam_width, max_rounds=settings.max_rounds))
     graph.add_node("select", partial(select_answer, method="weighted", source="finished"))
     graph.add_edge(START, "expand")
     graph.add_edge("expand", "verify")

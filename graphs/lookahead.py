@@ -6,11 +6,10 @@ generations per beam: N·(k+1) = B in all.
 
 from __future__ import annotations
 
-from langgraph.graph.state import CompiledStateGraph
-
 from graphs import beam_search
+from graphs.runner import StrategyGraph
 from graphs.settings import LookaheadSettings
 
 
-def build(settings: LookaheadSettings) -> CompiledStateGraph:
+def build(settings: LookaheadSettings) -> StrategyGraph:
     return beam_search.build(settings)

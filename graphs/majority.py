@@ -5,15 +5,15 @@ from __future__ import annotations
 from functools import partial
 
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.state import CompiledStateGraph
 
+from graphs.runner import StrategyGraph
 from graphs.settings import MajoritySettings
 from ttc_nodes.propose import propose_answers
 from ttc_nodes.select import select_answer
 from ttc_nodes.state import SolveContext, SolveState
 
 
-def build(settings: MajoritySettings) -> CompiledStateGraph:
+def build(settings: MajoritySettings) -> StrategyGraph:
     graph = StateGraph(SolveState, context_schema=SolveContext)
     graph.add_node(
         "propose",

@@ -6,9 +6,9 @@ from __future__ import annotations
 from functools import partial
 
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.state import CompiledStateGraph
 
 from graphs.beam_search import beams_live
+from graphs.runner import StrategyGraph
 from graphs.settings import ParticleFilteringSettings
 from ttc_nodes.propose import expand_steps
 from ttc_nodes.select import resample_particles, select_answer
@@ -16,7 +16,7 @@ from ttc_nodes.state import SolveContext, SolveState
 from ttc_nodes.verify import verify
 
 
-def build(settings: ParticleFilteringSettings) -> CompiledStateGraph:
+def build(settings: ParticleFilteringSettings) -> StrategyGraph:
     graph = StateGraph(SolveState, context_schema=SolveContext)
     graph.add_node(
         "expand",

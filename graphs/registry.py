@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from langgraph.graph.state import CompiledStateGraph
 from pydantic import ValidationError
 
 from graphs import beam_search, best_of_n, dvts, lookahead, majority, particle_filtering, revisions
+from graphs.runner import StrategyGraph
 from graphs.settings import (
     BeamSettings,
     BestOfNSettings,
@@ -41,7 +41,7 @@ class SettingsError(ValueError):
 class Strategy:
     name: str
     settings: type[StrategySettings]
-    build: Callable[[Any], CompiledStateGraph]
+    build: Callable[[Any], StrategyGraph]
     summary: str
 
     def configure(self, values: Mapping[str, Any]) -> StrategySettings:
@@ -60,7 +60,7 @@ _strategies: dict[str, Strategy] = {}
 
 
 def register(
-    name: str, settings: type[StrategySettings], build: Callable[[Any], CompiledStateGraph], summary: str = ""
+    name: str, settings: type[StrategySettings], build: Callable[[Any], StrategyGraph], summary: str = ""
 ) -> Strategy:
     """Make a strategy available by name to the CLI, the flows and `get`."""
     strategy = Strategy(name, settings, build, summary or (build.__doc__ or "").strip().split("\n")[0])
@@ -84,11 +84,11 @@ def all_strategies() -> list[Strategy]:
 
 
 @lru_cache(maxsize=256)
-def _compiled(name: str, settings: StrategySettings) -> CompiledStateGraph:
+def _compiled(name: str, settings: StrategySettings) -> StrategyGraph:
     return get(name).build(settings)
 
 
-def compile_graph(name: str, settings: StrategySettings) -> CompiledStateGraph:
+def compile_graph(name: str, settings: StrategySettings) -> StrategyGraph:
     """The compiled graph of a strategy, built once per distinct settings."""
     return _compiled(name, settings)
 
@@ -101,9 +101,7 @@ register(
     best_of_n.build,
     "sample N answers, sum PRM scores per answer, keep the largest sum",
 )
-register(
-    "beam", BeamSettings, beam_search.build, "beam search over steps: keep N/M prefixes, expand each M times"
-)
+register("beam", BeamSettings, beam_search.build, "beam search over steps: keep N/M prefixes, expand each M times")
 register("lookahead", LookaheadSettings, lookahead.build, "beam search scored after a k-step greedy rollout")
 register("dvts", DVTSSettings, dvts.build, "N/M independent subtrees, each grown greedily by PRM score")
 register("revisions", RevisionSettings, revisions.build, "chains of revisions, selected across each chain")

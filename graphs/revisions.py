@@ -9,8 +9,8 @@ from __future__ import annotations
 from functools import partial
 
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.state import CompiledStateGraph
 
+from graphs.runner import StrategyGraph
 from graphs.settings import RevisionSettings
 from ttc_nodes.revise import revise, start_chains
 from ttc_nodes.select import select_from_chains
@@ -18,7 +18,7 @@ from ttc_nodes.state import SolveContext, SolveState
 from ttc_nodes.verify import verify_chains
 
 
-def build(settings: RevisionSettings) -> CompiledStateGraph:
+def build(settings: RevisionSettings) -> StrategyGraph:
     assert settings.chains is not None and settings.chain_length is not None
     length = settings.chain_length
     graph = StateGraph(SolveState, context_schema=SolveContext)
@@ -31,9 +31,7 @@ def build(settings: RevisionSettings) -> CompiledStateGraph:
             temperature=settings.temperature,
         ),
     )
-    graph.add_node(
-        "revise", partial(revise, max_tokens=settings.max_answer_tokens, temperature=settings.temperature)
-    )
+    graph.add_node("revise", partial(revise, max_tokens=settings.max_answer_tokens, temperature=settings.temperature))
     verifying = settings.selection == "verifier"
     after_chains = "verify" if verifying else "select"
     if verifying:

@@ -7,12 +7,16 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import StreamMode
 
 from ttc_nodes.budget import Spend
-from ttc_nodes.state import Candidate, SolveContext
+from ttc_nodes.state import Candidate, SolveContext, SolveState
+
+StrategyGraph = CompiledStateGraph[SolveState, SolveContext, SolveState, SolveState]
+"""What every strategy builder returns: a compiled graph over the solve state and context."""
 
 
 class SolveError(RuntimeError):
@@ -63,7 +67,7 @@ def candidates_in(update: Mapping[str, Any]) -> Iterator[Candidate]:
 
 
 def run_graph(
-    graph: CompiledStateGraph,
+    graph: StrategyGraph,
     question: str,
     context: SolveContext,
     sink: TraceSink | None = None,
@@ -82,15 +86,17 @@ def run_graph(
     final: dict[str, Any] = {"question": question}
     begun = time.perf_counter()
     started: dict[str, tuple[float, datetime]] = {}
+    modes: list[StreamMode] = ["tasks", "values"]
     stream = graph.stream(
         {"question": question},
         context=context,
-        stream_mode=["tasks", "values"],
+        stream_mode=modes,
         config={"recursion_limit": recursion_limit},
     )
     failure: StepEvent | None = None
     try:
-        for mode, chunk in stream:
+        for mode, payload in stream:
+            chunk = cast(dict[str, Any], payload)
             if mode == "values":
                 final = dict(chunk)
                 continue
