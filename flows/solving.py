@@ -37,6 +37,8 @@ class SolveOutcome:
     spend: Spend
     seconds: float
     votes: dict[str, float] = field(default_factory=dict)
+    samples: list[tuple[str | None, float | None]] = field(default_factory=list)
+    """(answer, score) of each candidate the final vote looked at: what difficulty estimates read."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -92,24 +94,29 @@ def solve_question(
     models: ModelSettings,
     database: str | None = None,
     run_name: str | None = None,
+    run_id: str | None = None,
     reference: str | None = None,
     dataset: str = "adhoc",
     key: str | None = None,
+    meta: Mapping[str, Any] | None = None,
+    detail: Mapping[str, Any] | None = None,
     progress: TraceSink | None = None,
 ) -> SolveOutcome:
     """Solve `question` with `strategy`, trace every step, grade against `reference` if given.
 
     Settings are validated and engines loaded before anything is written, so bad input leaves the
-    database untouched. A failing node marks the solve failed (its trace so far is kept).
+    database untouched. A failing node marks the solve failed (its trace so far is kept). The solve
+    joins `run_id` when given, else the run called `run_name` (created if new), else a new unnamed
+    run. `meta` describes the problem (stored with it once); `detail` this solve (its bin, its plan).
     """
     chosen = registry.get(strategy)
     settings = chosen.configure(values)
     context = engines_for(strategy, settings, models)
     recorder = Recorder(connect(database))
     config = {"strategy": strategy, "settings": settings.model_dump(), **models.model_dump()}
-    run_id = recorder.open_run(run_name, config)
+    run_id = run_id or recorder.open_run(run_name, config)
     problem_key = key or question_key(question)
-    problem_id = recorder.problem(dataset, problem_key, question, reference)
+    problem_id = recorder.problem(dataset, problem_key, question, reference, dict(meta or {}))
     solve_id = recorder.start_solve(run_id, problem_id, strategy, settings.model_dump(), settings.budget)
     sink = DatabaseSink(
         recorder,
@@ -136,7 +143,7 @@ def solve_question(
         tokens=result.spend.tokens,
         flops=result.spend.flops,
         seconds=result.seconds,
-        detail={"votes": result.votes, "chosen": result.chosen, "spend": result.spend.as_dict()},
+        detail={**(detail or {}), "votes": result.votes, "chosen": result.chosen, "spend": result.spend.as_dict()},
     )
     return SolveOutcome(
         run_id=run_id,
@@ -150,4 +157,11 @@ def solve_question(
         spend=result.spend,
         seconds=result.seconds,
         votes=result.votes,
+        samples=voted_samples(result.state),
     )
+
+
+def voted_samples(state: Mapping[str, Any]) -> list[tuple[str | None, float | None]]:
+    """The finished candidates a strategy ended with (its pool, its finished list or its chains)."""
+    candidates = state.get("finished") or state.get("pool") or [a for chain in state.get("chains", []) for a in chain]
+    return [(c.answer, c.score) for c in candidates]

@@ -1,6 +1,6 @@
 """Model engines behind two small protocols, chosen by URI (`hf:PATH`, `testbed:proposer`, ...)."""
 
-from ttc_nodes.engines.base import Completion, EngineError, Proposer, Scored, Verifier
+from ttc_nodes.engines.base import Completion, EngineError, Proposer, Scored, TransientEngineError, Verifier
 from ttc_nodes.engines.uris import load_proposer, load_verifier, register_scheme
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "EngineError",
     "Proposer",
     "Scored",
+    "TransientEngineError",
     "Verifier",
     "load_proposer",
     "load_verifier",

@@ -15,6 +15,10 @@ class EngineError(RuntimeError):
     """A model backend failed: unreachable, misconfigured, or returned something unusable."""
 
 
+class TransientEngineError(EngineError):
+    """A failure worth retrying: a timeout, a dropped connection, a server error (5xx)."""
+
+
 @dataclass(frozen=True)
 class Completion:
     """One sampled continuation of one prompt.
