@@ -1,5 +1,6 @@
 """The schema: one run evaluates problems; each solve of a problem is a trace of node executions
-(steps), the candidates they proposed (a tree through `parent_id`) and the verifier's scores."""
+(steps), the candidates they proposed (a tree through `parent_id`) and the verifier's scores. Fitted
+compute-optimal policies are kept by name beside them."""
 
 from __future__ import annotations
 
@@ -191,3 +192,14 @@ class Score(Base):
     aggregation: Mapped[str] = mapped_column(String(16))  # last | min | prod
     verifier: Mapped[str] = mapped_column(String)
     truncated: Mapped[bool] = mapped_column(default=False)
+
+
+class Policy(Base):
+    """A fitted compute-optimal policy (thresholds, plans, θ*(bin, N)) as the JSON `flows.policy` writes."""
+
+    __tablename__ = "policies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String, unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    content: Mapped[dict[str, Any]]

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from db.models import Candidate, Problem, Run, Score, Solve, Step
+from db.models import Candidate, Policy, Problem, Run, Score, Solve, Step
 
 
 @dataclass(frozen=True)
@@ -344,6 +344,14 @@ def failed_steps(session: Session, run_id: str) -> list[FailedStep]:
         )
         for step, dataset, key in rows
     ]
+
+
+def policy(session: Session, name_or_id: str) -> dict[str, Any] | None:
+    """The content of the policy with this name, else with this id, else None."""
+    content = session.scalar(select(Policy.content).where(Policy.name == name_or_id))
+    if content is None and name_or_id.isdecimal() and name_or_id.isascii():
+        content = session.scalar(select(Policy.content).where(Policy.id == int(name_or_id)))
+    return content
 
 
 def _run_infos(session: Session, where: Any) -> list[RunInfo]:

@@ -14,7 +14,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Candidate, Problem, Run, Score, Solve, Step, utcnow
+from db.models import Candidate, Policy, Problem, Run, Score, Solve, Step, utcnow
 
 T = TypeVar("T")
 
@@ -236,6 +236,31 @@ class Recorder:
     def fail_solve(self, solve_id: int, error: str) -> None:
         """Close the solve as 'failed'; a later start_solve of the same problem restarts it."""
         self._close(solve_id, status="failed", error=error)
+
+    def save_policy(self, name: str, content: dict[str, Any]) -> int:
+        """The id of the policy called `name`, stored with `content`; an existing one of that name has
+        its content replaced (its id and created_at stay)."""
+
+        def replace() -> int | None:
+            with self._sessions.begin() as s:
+                row = s.scalar(select(Policy).where(Policy.name == name).with_for_update())
+                if row is None:
+                    return None
+                row.content = content
+                return row.id
+
+        found = replace()
+        if found is not None:
+            return found
+
+        def insert(s: Session) -> int:
+            row = Policy(name=name, content=content)
+            s.add(row)
+            s.flush()
+            return row.id
+
+        # A concurrent writer that inserted the name first loses its content to this call's.
+        return _insert_or_get(insert, replace, self._sessions)
 
     def _close(self, solve_id: int, **values: Any) -> None:
         with self._sessions.begin() as s:
