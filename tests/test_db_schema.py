@@ -31,7 +31,7 @@ def test_a_model_change_without_migration_is_detected(database_url: str) -> None
     changed = MetaData()
     for table in Base.metadata.tables.values():
         table.to_metadata(changed)
-    Table("policies", changed, Column("id", Integer, primary_key=True))
+    Table("notes", changed, Column("id", Integer, primary_key=True))
     assert [entry[0] for entry in diff_against(database_url, changed)] == ["add_table"]  # type: ignore[index]
 
 
