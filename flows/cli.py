@@ -33,7 +33,15 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
-USER_ERRORS = (UnknownStrategy, SettingsError, DatabaseError, EngineError, FileNotFoundError, BudgetError, ValueError)
+USER_ERRORS = (
+    UnknownStrategy,
+    SettingsError,
+    DatabaseError,
+    EngineError,
+    FileNotFoundError,
+    BudgetError,
+    ValueError,
+)
 
 Proposer = Annotated[str | None, typer.Option("--proposer", help="proposer model URI [default: testbed:proposer]")]
 Verifier = Annotated[str | None, typer.Option("--verifier", help="PRM URI [default: testbed:prm]")]
@@ -169,7 +177,7 @@ def solve(
 
 @app.command()
 def trace(
-    run: Annotated[str, typer.Argument(help="run id or run name")],
+    run: Annotated[str | None, typer.Argument(help="run id or run name [default: the latest run]")] = None,
     problem: Annotated[str | None, typer.Option("--problem", help="problem key (default: every problem)")] = None,
     database: Database = None,
     as_json: AsJson = False,
@@ -178,9 +186,9 @@ def trace(
     with user_errors():
         sessions = connect(database)
         with sessions() as session:
-            found = queries.find_run(session, run)
+            found = queries.find_run(session, run) if run else next(iter(queries.runs(session)), None)
             if found is None:
-                fail(f"no run with id or name {run!r} in this database")
+                fail(f"no run with id or name {run!r} in this database" if run else "this database holds no runs yet")
             traces = queries.trace_of(session, found.id, problem_key=problem)
             if not traces:
                 fail(f"run {run!r} has no solve for problem {problem!r}" if problem else f"run {run!r} has no solves")
@@ -190,6 +198,202 @@ def trace(
         return
     for solve_trace, roots in zip(traces, trees, strict=True):
         out.print(render_solve(solve_trace, roots))
+
+
+Dataset = Annotated[
+    str, typer.Option("--dataset", "-d", help="testbed:arith?n=..., jsonl:PATH, math500, gsm8k, hf:NAME")
+]
+Limit = Annotated[int | None, typer.Option(help="solve only the first K prompts (after --seed and --shard)")]
+Shard = Annotated[str | None, typer.Option(help="take shard i/n of the prompts")]
+SubsetSeed = Annotated[int | None, typer.Option("--subset-seed", help="shuffle the prompts with this seed first")]
+SkipBad = Annotated[
+    bool, typer.Option("--skip-bad-lines", help="skip malformed dataset lines (reported) instead of failing")
+]
+Concurrency = Annotated[int, typer.Option(help="prompts solved at once (threads)")]
+DaskAddress = Annotated[str | None, typer.Option("--dask", help="run tasks on this Dask scheduler (prefect-dask)")]
+
+
+def task_runner(concurrency: int, dask: str | None) -> Any:
+    """Threads by default; a Dask cluster when an address is given (scale-out across machines)."""
+    if concurrency < 1:
+        fail(f"--concurrency must be >= 1, got {concurrency}")
+    if dask:
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ModuleNotFoundError:
+            fail("--dask needs the prefect-dask package: pip install 'ttc[dask]'")
+        return DaskTaskRunner(address=dask)
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=concurrency)
+
+
+@app.command()
+def evaluate(
+    dataset: Dataset,
+    strategy: Annotated[str | None, typer.Option("--strategy", "-s", help="one strategy for every prompt")] = None,
+    budget: Annotated[int | None, typer.Option("--budget", "-n", help="generations per prompt")] = None,
+    policy: Annotated[str | None, typer.Option(help="a policy file from `ttc calibrate`")] = None,
+    total_budget: Annotated[int | None, typer.Option(help="with --policy: generations for the whole dataset")] = None,
+    assignments: Annotated[list[str] | None, typer.Option("--set", help="strategy setting key=value")] = None,
+    limit: Limit = None,
+    shard: Shard = None,
+    subset_seed: SubsetSeed = None,
+    skip_bad_lines: SkipBad = False,
+    run_name: Annotated[str | None, typer.Option("--run-name", help="name of the run; re-running resumes it")] = None,
+    summary: Annotated[str | None, typer.Option(help="also write the summary to this JSON file")] = None,
+    concurrency: Concurrency = 4,
+    dask: DaskAddress = None,
+    proposer: Proposer = None,
+    verifier: Verifier = None,
+    reviser: Reviser = None,
+    seed: Annotated[int | None, typer.Option(help="base sampling seed")] = None,
+    database: Database = None,
+    as_json: AsJson = False,
+) -> None:
+    """Evaluate a dataset with one strategy, or with a compute-optimal policy; print accuracy and spend."""
+    from flows.evaluate import evaluate as evaluate_flow
+
+    if budget is not None and budget < 1:
+        fail(f"--budget must be >= 1, got {budget}")
+    runner = task_runner(concurrency, dask)
+    with user_errors():
+        result = evaluate_flow.with_options(task_runner=runner)(
+            dataset=dataset,
+            strategy=strategy,
+            budget=budget,
+            settings=parse_assignments(assignments or []),
+            policy=policy,
+            total_budget=total_budget,
+            models=models_from(proposer, verifier, reviser, seed).model_dump(),
+            database=database,
+            run_name=run_name,
+            limit=limit,
+            shard=shard,
+            seed=subset_seed,
+            bad_lines="skip" if skip_bad_lines else "fail",
+            summary_path=summary,
+        )
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    out.print(summary_table(result))
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    accuracy = summary["accuracy"]
+    low, high = summary["accuracy_ci95"]
+    title = (
+        f"run {summary.get('run_name') or summary['run_id']} · {summary['done']} solved, {summary['failed']} failed · "
+        f"accuracy {'—' if accuracy is None else f'{accuracy:.3f}'} (95% CI {low:.3f}–{high:.3f})"
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("bin", "prompts", "correct", "accuracy", "generations / prompt"):
+        table.add_column(column, justify="right")
+    for label, row in summary["by_bin"].items():
+        acc = row["accuracy"]
+        table.add_row(
+            label,
+            str(row["prompts"]),
+            str(row["correct"]),
+            "—" if acc is None else f"{acc:.3f}",
+            f"{row['mean_generations']:.1f}",
+        )
+    caption = f"spend: {summary['generations']:g} generations, {summary['tokens']} tokens, {summary['flops']:.3g} FLOPs"
+    if "generations_with_difficulty" in summary:
+        caption += f"; with difficulty estimation {summary['generations_with_difficulty']:g} generations"
+    table.caption = caption
+    return table
+
+
+@app.command()
+def calibrate(
+    dataset: Dataset,
+    budgets: Annotated[str, typer.Option(help="comma-separated budgets, e.g. 1,2,4,8,16")] = "1,2,4,8,16",
+    plans: Annotated[str | None, typer.Option(help="comma-separated plan labels (default: the paper's grid)")] = None,
+    out_file: Annotated[str, typer.Option("--out", help="where to write the policy JSON")] = "policy.json",
+    difficulty: Annotated[str, typer.Option(help="predicted (mean PRM score) or oracle (pass@1)")] = "predicted",
+    difficulty_samples: Annotated[int, typer.Option(help="samples K behind each difficulty estimate")] = 16,
+    bins: Annotated[int, typer.Option(help="difficulty bins (quantiles)")] = 5,
+    limit: Limit = None,
+    shard: Shard = None,
+    subset_seed: SubsetSeed = None,
+    skip_bad_lines: SkipBad = False,
+    run_name: Annotated[
+        str | None, typer.Option("--run-name", help="name of the calibration; re-running resumes it")
+    ] = None,
+    concurrency: Concurrency = 4,
+    dask: DaskAddress = None,
+    proposer: Proposer = None,
+    verifier: Verifier = None,
+    reviser: Reviser = None,
+    seed: Annotated[int | None, typer.Option(help="base sampling seed")] = None,
+    database: Database = None,
+    as_json: AsJson = False,
+) -> None:
+    """Fit a compute-optimal policy θ*(difficulty bin, budget) on a calibration dataset."""
+    from flows.calibrate import calibrate as calibrate_flow
+
+    try:
+        budget_list = [int(b) for b in budgets.split(",") if b.strip()]
+    except ValueError:
+        fail(f"--budgets must be comma-separated integers, got {budgets!r}")
+    runner = task_runner(concurrency, dask)
+    with user_errors():
+        report = calibrate_flow.with_options(task_runner=runner)(
+            dataset=dataset,
+            budgets=budget_list,
+            plans=[p.strip() for p in plans.split(",")] if plans else None,
+            out=out_file,
+            difficulty=difficulty,
+            difficulty_samples=difficulty_samples,
+            bins=bins,
+            models=models_from(proposer, verifier, reviser, seed).model_dump(),
+            database=database,
+            run_name=run_name,
+            limit=limit,
+            shard=shard,
+            seed=subset_seed,
+            bad_lines="skip" if skip_bad_lines else "fail",
+        )
+    if as_json:
+        print(json.dumps(report, default=str))
+        return
+    table = Table(
+        title=f"policy {report['policy']} → {report['out']} ({report['prompts']} prompts)", title_justify="left"
+    )
+    for column in ("budget", "best-of-N weighted", "compute-optimal (2-fold CV)"):
+        table.add_column(column, justify="right")
+    for row in report["curve"]:
+        baseline = row["best_of_n_weighted"]
+        table.add_row(
+            str(row["budget"]), "—" if baseline is None else f"{baseline:.3f}", f"{row['compute_optimal']:.3f}"
+        )
+    table.caption = (
+        f"compute-optimal matches best-of-N weighted at N={report['baseline_budget']} "
+        f"with N={report['matching_budget']}"
+    )
+    out.print(table)
+
+
+@app.command()
+def serve(
+    concurrency: Concurrency = 4,
+    dask: DaskAddress = None,
+    name: Annotated[str, typer.Option(help="deployment name")] = "ttc",
+) -> None:
+    """Serve `evaluate` and `calibrate` as Prefect deployments (trigger with `prefect deployment run`)."""
+    from prefect import serve as prefect_serve
+
+    from flows.calibrate import calibrate as calibrate_flow
+    from flows.evaluate import evaluate as evaluate_flow
+
+    runner = task_runner(concurrency, dask)
+    err.print(f"serving deployments evaluate/{name} and calibrate/{name}; Ctrl-C stops")
+    prefect_serve(
+        evaluate_flow.with_options(task_runner=runner).to_deployment(name=name),
+        calibrate_flow.with_options(task_runner=runner).to_deployment(name=name),
+    )
 
 
 def _mount_testbed() -> None:

@@ -26,9 +26,7 @@ def steps_table(trace: SolveTrace) -> Table:
     for candidate in trace.candidates:
         created[candidate.step_id] = created.get(candidate.step_id, 0) + 1
     for step in trace.steps:
-        note = step.error or _clip(
-            ", ".join(f"{k}={v}" for k, v in step.detail.items() if k != "weights"), 60
-        )
+        note = step.error or _clip(", ".join(f"{k}={v}" for k, v in step.detail.items() if k != "weights"), 60)
         table.add_row(
             str(step.seq),
             step.node,

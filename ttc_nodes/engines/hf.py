@@ -7,6 +7,7 @@ GPU, and never touch the network (`local_files_only=True`).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -92,7 +93,8 @@ class HFProposer:
             )
         except (OSError, ValueError) as error:  # transformers raises either for a directory it cannot read
             raise EngineError(f"cannot load a causal LM from {location}: {error}") from error
-        self.model.to(self.device).eval()
+        self.model.to(self.device).eval()  # type: ignore[arg-type]
+        self._lock = threading.Lock()
         self.parameters = sum(p.numel() for p in self.model.parameters())
 
     def generate(
@@ -110,7 +112,9 @@ class HFProposer:
         # Greedy decoding cannot return several sequences per prompt, so samples are separate rows.
         rows = [prompt for prompt in prompts for _ in range(n)]
         completions: list[Completion] = []
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        # One call at a time: concurrent solves share the model, and the seeded RNG must not interleave.
+        with self._lock, torch.random.fork_rng(devices=cuda):
             if seed is not None:
                 torch.manual_seed(seed)
             for start in range(0, len(rows), self.max_batch):
@@ -141,7 +145,7 @@ class HFProposer:
         )
         prompt_width = batch["input_ids"].shape[1]
         new_tokens = output.sequences[:, prompt_width:]
-        token_logprobs = self.model.compute_transition_scores(
+        token_logprobs = self.model.compute_transition_scores(  # type: ignore[misc]
             output.sequences, output.scores, normalize_logits=True
         )
         prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
@@ -279,17 +283,17 @@ class HFValueHeadPRM:
         except (OSError, ValueError) as error:
             raise EngineError(f"cannot load a token-classification PRM from {location}: {error}") from error
         if self.model.config.num_labels not in (1, 2):
-            raise EngineError(
-                f"PRM at {location} has num_labels={self.model.config.num_labels}; expected 1 or 2"
-            )
-        self.model.to(self.device).eval()
+            raise EngineError(f"PRM at {location} has num_labels={self.model.config.num_labels}; expected 1 or 2")
+        self.model.to(self.device).eval()  # type: ignore[arg-type]
+        self._lock = threading.Lock()
         self.parameters = sum(p.numel() for p in self.model.parameters())
         self.max_length = int(getattr(self.model.config, "max_position_embeddings", 4096))
 
     def score(self, question: str, solutions: Sequence[Sequence[str]]) -> list[Scored]:
         results: list[Scored] = []
-        for start in range(0, len(solutions), self.max_batch):
-            results.extend(self._score_batch(question, solutions[start : start + self.max_batch]))
+        with self._lock:
+            for start in range(0, len(solutions), self.max_batch):
+                results.extend(self._score_batch(question, solutions[start : start + self.max_batch]))
         return results
 
     @torch.inference_mode()

@@ -1,0 +1,329 @@
+"""The `evaluate` flow: a dataset × a plan (one strategy at one budget, or a compute-optimal
+policy) → one Prefect task per prompt → graded solves in the database → a summary.
+
+Re-running with the same run name resumes: prompts already solved in that run are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
+from prefect.futures import as_completed
+from prefect.states import State
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from db import queries
+from db.recorder import Recorder
+from db.session import connect
+from flows.config import ModelSettings
+from flows.datasets import Problem, load_dataset
+from flows.policy import Policy, allocate
+from flows.solving import solve_question
+from graphs import registry
+from ttc_nodes.answers import is_correct
+from ttc_nodes.engines import TransientEngineError
+
+
+def transient(task: Any, task_run: Any, state: State) -> bool:
+    """Retry only failures that another attempt can fix (timeouts, dropped connections, 5xx)."""
+    error: BaseException | None = state.result(raise_on_failure=False)  # type: ignore[assignment]
+    while error is not None:
+        if isinstance(error, TransientEngineError | ConnectionError | TimeoutError):
+            return True
+        error = error.__cause__
+    return False
+
+
+@task(
+    name="estimate-difficulty",
+    task_run_name="difficulty-{problem.key}",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=transient,
+    cache_policy=NONE,
+)
+def estimate_difficulty(
+    problem: Problem, samples: int, models: ModelSettings, database: str | None, run_id: str
+) -> dict[str, Any]:
+    """Sample `samples` answers and score them: predicted difficulty is their mean PRM score (no
+    reference needed), oracle difficulty their pass@1 (needs the reference)."""
+    outcome = solve_question(
+        problem.question,
+        strategy="best_of_n_weighted",
+        values={"budget": samples},
+        models=models,
+        database=database,
+        run_id=run_id,
+        reference=problem.reference,
+        dataset=problem.dataset,
+        key=problem.key,
+        meta=problem.meta,
+    )
+    scores = [score for _, score in outcome.samples if score is not None]
+    graded = [is_correct(answer, problem.reference) for answer, _ in outcome.samples]
+    return {
+        "predicted": fmean(scores) if scores else 0.0,
+        "oracle": fmean(bool(g) for g in graded) if problem.reference is not None and graded else None,
+        "samples": [[answer, score] for answer, score in outcome.samples],
+        "correct": graded,
+        "cost": outcome.spend.as_dict(),
+    }
+
+
+@task(
+    name="solve",
+    task_run_name="solve-{problem.key}",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=transient,
+    cache_policy=NONE,
+)
+def solve_prompt(
+    problem: Problem,
+    strategy: str,
+    values: dict[str, Any],
+    models: ModelSettings,
+    database: str | None,
+    run_id: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Solve one prompt with one plan; the difficulty estimate (if any) rides along in the meta."""
+    outcome = solve_question(
+        problem.question,
+        strategy=strategy,
+        values=values,
+        models=models,
+        database=database,
+        run_id=run_id,
+        reference=problem.reference,
+        dataset=problem.dataset,
+        key=problem.key,
+        meta=problem.meta,
+        detail=extra,
+    )
+    return outcome.as_json()
+
+
+def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of an accuracy (sound at 0 and 1, unlike the normal interval)."""
+    if total == 0:
+        return (0.0, 1.0)
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def summarize(database: str | None, run_id: str, difficulty_cost: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Accuracy with a confidence interval and spend, overall and by difficulty bin, from the rows."""
+    with connect(database)() as session:
+        traces = queries.trace_of(session, run_id)
+        info = queries.find_run(session, run_id)
+    done = [t for t in traces if t.status == "done"]
+    graded = [t for t in done if t.correct is not None]
+    correct = sum(bool(t.correct) for t in graded)
+
+    def spend(rows: Sequence[Any]) -> dict[str, float]:
+        return {
+            "generations": sum(t.generations for t in rows),
+            "tokens": sum(t.tokens for t in rows),
+            "flops": sum(t.flops for t in rows),
+            "seconds": sum(t.seconds for t in rows),
+        }
+
+    by_bin: dict[str, dict[str, Any]] = {}
+    for t in done:
+        label = str(t.detail.get("bin", t.problem.meta.get("bin", "all")))
+        row = by_bin.setdefault(label, {"prompts": 0, "graded": 0, "correct": 0, "generations": 0.0})
+        row["prompts"] += 1
+        row["graded"] += t.correct is not None
+        row["correct"] += bool(t.correct)
+        row["generations"] += t.generations
+    for row in by_bin.values():
+        row["accuracy"] = row["correct"] / row["graded"] if row["graded"] else None
+        row["mean_generations"] = row["generations"] / row["prompts"]
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "run_name": info.name if info else None,
+        "prompts": len(traces),
+        "done": len(done),
+        "failed": sum(t.status == "failed" for t in traces),
+        "graded": len(graded),
+        "correct": correct,
+        "accuracy": correct / len(graded) if graded else None,
+        "accuracy_ci95": list(wilson(correct, len(graded))),
+        **spend(done),
+        "by_bin": dict(sorted(by_bin.items())),
+    }
+    if difficulty_cost is not None:
+        summary["difficulty_cost"] = dict(difficulty_cost)
+        summary["generations_with_difficulty"] = summary["generations"] + difficulty_cost.get("generations", 0.0)
+        summary["tokens_with_difficulty"] = summary["tokens"] + difficulty_cost.get("tokens", 0)
+        summary["flops_with_difficulty"] = summary["flops"] + difficulty_cost.get("flops", 0.0)
+    return summary
+
+
+def progress_bar(total: int, label: str) -> Progress:
+    from rich.console import Console
+
+    bar = Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
+    bar.add_task(label, total=total)
+    return bar
+
+
+def run_all(futures: list[Any], label: str) -> tuple[list[Any], list[str]]:
+    """Wait for every task with a progress bar; failures are collected, not raised."""
+    results: list[Any] = []
+    errors: list[str] = []
+    with progress_bar(len(futures), label) as bar:
+        for future in as_completed(futures):
+            try:
+                results.append(future.result())
+            except Exception as error:  # a prompt that failed after its retries; the rest go on
+                errors.append(f"{type(error).__name__}: {error}")
+            bar.advance(bar.task_ids[0])
+    return results, errors
+
+
+@flow(name="evaluate", log_prints=False, validate_parameters=True)
+def evaluate(
+    dataset: str,
+    strategy: str | None = None,
+    budget: int | None = None,
+    settings: dict[str, Any] | None = None,
+    policy: str | None = None,
+    total_budget: int | None = None,
+    models: dict[str, Any] | None = None,
+    database: str | None = None,
+    run_name: str | None = None,
+    limit: int | None = None,
+    shard: str | None = None,
+    seed: int | None = None,
+    bad_lines: str = "fail",
+    summary_path: str | None = None,
+) -> dict[str, Any]:
+    """Solve every prompt of `dataset` with one strategy at one budget, or with the plan a
+    compute-optimal policy picks for the prompt's predicted difficulty, and summarise."""
+    logger = get_run_logger()
+    engines = ModelSettings(**(models or {}))
+    if policy is None:
+        if strategy is None or budget is None:
+            raise ValueError("give --strategy and --budget, or --policy with --budget or --total-budget")
+        registry.get(strategy).configure({**(settings or {}), "budget": budget})  # fail before any work
+        loaded = None
+    else:
+        loaded = Policy.load(Path(policy))
+        if (budget is None) == (total_budget is None):
+            raise ValueError("with --policy give exactly one of --budget and --total-budget")
+    problems = load_dataset(dataset, limit=limit, shard=shard, seed=seed, bad_lines=bad_lines, warn=logger.warning)  # type: ignore[arg-type]
+    recorder = Recorder(connect(database))
+    config = {
+        "flow": "evaluate",
+        "dataset": dataset,
+        "strategy": strategy,
+        "budget": budget,
+        "settings": settings,
+        "policy": policy,
+        "total_budget": total_budget,
+        **engines.model_dump(),
+    }
+    run_id = recorder.open_run(run_name, config)
+    finished = recorder.finished_problems(run_id)
+    todo = [p for p in problems if recorder.problem(p.dataset, p.key, p.question, p.reference, p.meta) not in finished]
+    logger.info(
+        "run %s: %d prompts, %d already solved, %d to go", run_id, len(problems), len(problems) - len(todo), len(todo)
+    )
+
+    difficulty_cost: dict[str, float] | None = None
+    plans: list[tuple[Problem, str, dict[str, Any], dict[str, Any]]]
+    if loaded is None:
+        assert strategy is not None
+        plans = [(p, strategy, {**(settings or {}), "budget": budget}, {}) for p in todo]
+    else:
+        plans, difficulty_cost = policy_plans(loaded, todo, budget, total_budget, engines, database, run_id)
+    futures = [
+        solve_prompt.submit(problem, name, values, engines, database, run_id, extra)
+        for problem, name, values, extra in plans
+    ]
+    _, errors = run_all(futures, "solving")
+    for error in errors:
+        logger.error("prompt failed: %s", error)
+    summary = summarize(database, run_id, difficulty_cost)
+    summary["dataset"] = dataset
+    publish(summary)
+    if summary_path:
+        Path(summary_path).write_text(json.dumps(summary, indent=2, default=str))
+    recorder.close_run(run_id, "done" if not summary["failed"] else "partial")
+    return summary
+
+
+def policy_plans(
+    policy: Policy,
+    problems: list[Problem],
+    budget: int | None,
+    total_budget: int | None,
+    models: ModelSettings,
+    database: str | None,
+    run_id: str,
+) -> tuple[list[tuple[Problem, str, dict[str, Any], dict[str, Any]]], dict[str, float]]:
+    """Estimate each prompt's difficulty, bin it, and pick θ*(bin, N); with a total budget, first
+    allocate per-bin budgets that maximise expected accuracy from the calibrated curves."""
+    recorder = Recorder(connect(database))
+    difficulty_run = recorder.open_run(f"{run_id}/difficulty", {"flow": "difficulty", "of_run": run_id})
+    futures = [
+        estimate_difficulty.submit(p, policy.difficulty_samples, models, database, difficulty_run) for p in problems
+    ]
+    estimates, errors = run_all(futures, "difficulty")
+    if errors:
+        raise RuntimeError(f"difficulty estimation failed for {len(errors)} prompt(s): {errors[0]}")
+    by_key = dict(zip([p.key for p in problems], estimates, strict=True))
+    bins = {p.key: policy.bin_of(by_key[p.key][policy.difficulty] or 0.0) for p in problems}
+    if total_budget is not None:
+        counts: dict[int, int] = {}
+        for b in bins.values():
+            counts[b] = counts.get(b, 0) + 1
+        allocation = allocate(policy.curves(), counts, total_budget)
+        budgets = {b: allocation.budgets[b] for b in counts}
+    else:
+        assert budget is not None
+        budgets = {b: budget for b in set(bins.values())}
+    plans = []
+    for problem in problems:
+        plan, calibrated = policy.plan_for(bins[problem.key], budgets[bins[problem.key]])
+        extra = {"bin": bins[problem.key], "difficulty": by_key[problem.key]["predicted"], "plan": plan.label}
+        plans.append((problem, plan.strategy, {**plan.settings, "budget": calibrated}, extra))
+    cost = {key: float(sum(e["cost"][key] for e in estimates)) for key in ("generations", "tokens", "flops")}
+    return plans, cost
+
+
+def publish(summary: Mapping[str, Any]) -> None:
+    """The summary as Prefect artifacts: a markdown overview and a table by difficulty bin."""
+    low, high = summary["accuracy_ci95"]
+    accuracy = summary["accuracy"]
+    text = [
+        f"# Evaluation {summary.get('run_name') or summary['run_id']}",
+        f"- dataset: `{summary.get('dataset')}`",
+        f"- prompts: {summary['prompts']} ({summary['done']} done, {summary['failed']} failed)",
+        f"- accuracy: {accuracy if accuracy is None else round(accuracy, 4)} (95% CI {low:.3f}–{high:.3f})",
+        f"- spend: {summary['generations']:g} generations, {summary['tokens']} tokens, {summary['flops']:.3g} FLOPs",
+    ]
+    if "difficulty_cost" in summary:
+        text.append(f"- with difficulty estimation: {summary['generations_with_difficulty']:g} generations")
+    create_markdown_artifact("\n".join(text), key="evaluation-summary", description="ttc evaluate summary")
+    rows = [{"bin": b, **{k: v for k, v in row.items()}} for b, row in summary["by_bin"].items()]
+    if rows:
+        create_table_artifact(rows, key="evaluation-by-bin", description="accuracy and spend by difficulty bin")
