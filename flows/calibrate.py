@@ -28,8 +28,8 @@ from db import queries
 from db.recorder import Recorder
 from db.session import connect
 from flows.config import ModelSettings
-from flows.datasets import Problem, load_dataset
-from flows.evaluate import estimate_difficulty, run_all, solve_prompt
+from flows.datasets import load_dataset
+from flows.evaluate import estimate_difficulty, run_all, solve_prompt, unsolved
 from flows.policy import Plan, Policy, assign_bin, fit_policy, quantile_thresholds
 from graphs import registry
 from graphs.registry import SettingsError
@@ -219,11 +219,6 @@ def calibrate(
     publish(report, name)
     logger.info("policy %s written to %s", name, out)
     return {"policy": name, "out": out, "prompts": len(keys), **report}
-
-
-def unsolved(recorder: Recorder, run_id: str, problems: Sequence[Problem]) -> list[Problem]:
-    finished = recorder.finished_problems(run_id)
-    return [p for p in problems if recorder.problem(p.dataset, p.key, p.question, p.reference, p.meta) not in finished]
 
 
 def efficiency_report(policy: Policy, budgets: Sequence[int]) -> dict[str, Any]:

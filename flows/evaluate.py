@@ -42,14 +42,17 @@ def transient(task: Any, task_run: Any, state: State) -> bool:
     return False
 
 
-@task(
-    name="estimate-difficulty",
-    task_run_name="difficulty-{problem.key}",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=transient,
-    cache_policy=NONE,
-)
+# Every per-prompt task: transient engine failures are retried; results are never cached, since
+# the database (not Prefect's cache) is what makes a re-run resume.
+PER_PROMPT: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": [2, 10],
+    "retry_condition_fn": transient,
+    "cache_policy": NONE,
+}
+
+
+@task(name="estimate-difficulty", task_run_name="difficulty-{problem.key}", **PER_PROMPT)
 def estimate_difficulty(
     problem: Problem, samples: int, models: ModelSettings, database: str | None, run_id: str
 ) -> dict[str, Any]:
@@ -78,14 +81,7 @@ def estimate_difficulty(
     }
 
 
-@task(
-    name="solve",
-    task_run_name="solve-{problem.key}",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=transient,
-    cache_policy=NONE,
-)
+@task(name="solve", task_run_name="solve-{problem.key}", **PER_PROMPT)
 def solve_prompt(
     problem: Problem,
     strategy: str,
@@ -110,6 +106,12 @@ def solve_prompt(
         detail=extra,
     )
     return outcome.as_json()
+
+
+def unsolved(recorder: Recorder, run_id: str, problems: Sequence[Problem]) -> list[Problem]:
+    """The problems this run has not solved yet (a re-run of the run resumes with these)."""
+    finished = recorder.finished_problems(run_id)
+    return [p for p in problems if recorder.problem(p.dataset, p.key, p.question, p.reference, p.meta) not in finished]
 
 
 def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -242,8 +244,7 @@ def evaluate(
         **engines.model_dump(),
     }
     run_id = recorder.open_run(run_name, config)
-    finished = recorder.finished_problems(run_id)
-    todo = [p for p in problems if recorder.problem(p.dataset, p.key, p.question, p.reference, p.meta) not in finished]
+    todo = unsolved(recorder, run_id, problems)
     logger.info(
         "run %s: %d prompts, %d already solved, %d to go", run_id, len(problems), len(problems) - len(todo), len(todo)
     )

@@ -9,36 +9,22 @@ from __future__ import annotations
 
 from functools import partial
 
-from langgraph.graph import END, START, StateGraph
-
-from graphs.beam_search import beams_live
 from graphs.runner import StrategyGraph
 from graphs.settings import DVTSSettings
+from graphs.stepwise import search_loop
 from ttc_nodes.propose import expand_steps
-from ttc_nodes.select import prune_subtrees, select_answer
-from ttc_nodes.state import SolveContext, SolveState
+from ttc_nodes.select import prune_subtrees
 from ttc_nodes.verify import verify
 
 
 def build(settings: DVTSSettings) -> StrategyGraph:
     assert settings.beam_width is not None
-    graph = StateGraph(SolveState, context_schema=SolveContext)
-    graph.add_node(
-        "expand",
-        partial(
-            expand_steps,
-            first_round=settings.beams,
-            max_tokens=settings.max_step_tokens,
-            temperature=settings.temperature,
-            subtrees=settings.beams // settings.beam_width,
-        ),
+    expand = partial(
+        expand_steps,
+        first_round=settings.beams,
+        max_tokens=settings.max_step_tokens,
+        temperature=settings.temperature,
+        subtrees=settings.beams // settings.beam_width,
     )
-    graph.add_node("verify", partial(verify, aggregation=settings.aggregation))
-    graph.add_node("prune", partial(prune_subtrees, beam_width=settings.beam_width, max_rounds=settings.max_rounds))
-    graph.add_node("select", partial(select_answer, method="weighted", source="finished"))
-    graph.add_edge(START, "expand")
-    graph.add_edge("expand", "verify")
-    graph.add_edge("verify", "prune")
-    graph.add_conditional_edges("prune", beams_live, ["expand", "select"])
-    graph.add_edge("select", END)
-    return graph.compile(name="dvts")
+    prune = partial(prune_subtrees, beam_width=settings.beam_width, max_rounds=settings.max_rounds)
+    return search_loop("dvts", expand=expand, verify=partial(verify, aggregation=settings.aggregation), prune=prune)
