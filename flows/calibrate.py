@@ -196,8 +196,8 @@ def calibrate(
         for key in keys
     }
     thresholds = quantile_thresholds([values_of[k] for k in keys], bins)
-    bins = {key: assign_bin(values_of[key], thresholds) for key in keys}
-    fit = fit_policy({k: v for k, v in outcomes.items() if k[0] in bins}, bins)
+    bin_of = {key: assign_bin(values_of[key], thresholds) for key in keys}
+    fit = fit_policy({k: v for k, v in outcomes.items() if k[0] in bin_of}, bin_of)
     policy = Policy(
         difficulty=difficulty,
         difficulty_samples=difficulty_samples,
@@ -224,13 +224,15 @@ def calibrate(
 def efficiency_report(policy: Policy, budgets: Sequence[int]) -> dict[str, Any]:
     """Compute-optimal (cross-validated) against best-of-N weighted at each budget, and the smallest
     budget at which compute-optimal matches best-of-N weighted at the largest budget."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for n in budgets:
         baseline = policy.fit.baseline("best_of_n_weighted", n) if "best_of_n_weighted" in policy.plans else None
         rows.append({"budget": n, "best_of_n_weighted": baseline, "compute_optimal": policy.fit.overall(n)})
     target_budget = max(budgets)
     target = rows[-1]["best_of_n_weighted"]
-    matched = next((r["budget"] for r in rows if target is not None and r["compute_optimal"] >= target), None)
+    matched = None
+    if target is not None:
+        matched = next((r["budget"] for r in rows if r["compute_optimal"] >= target - 1e-12), None)
     return {
         "curve": rows,
         "baseline_budget": target_budget,

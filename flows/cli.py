@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
@@ -71,7 +71,7 @@ def user_errors() -> Iterator[None]:
 
 
 def models_from(proposer: str | None, verifier: str | None, reviser: str | None, seed: int | None) -> ModelSettings:
-    given = {"proposer": proposer, "verifier": verifier, "reviser": reviser, "seed": seed}
+    given: dict[str, Any] = {"proposer": proposer, "verifier": verifier, "reviser": reviser, "seed": seed}
     return ModelSettings(**{key: value for key, value in given.items() if value is not None})
 
 
@@ -92,7 +92,7 @@ def parse_assignments(assignments: list[str]) -> dict[str, Any]:
 @app.command()
 def strategies(as_json: AsJson = False) -> None:
     """List the strategies and their settings."""
-    listing = [
+    listing: list[dict[str, Any]] = [
         {
             "name": s.name,
             "summary": s.summary,
@@ -312,7 +312,9 @@ def calibrate(
     budgets: Annotated[str, typer.Option(help="comma-separated budgets, e.g. 1,2,4,8,16")] = "1,2,4,8,16",
     plans: Annotated[str | None, typer.Option(help="comma-separated plan labels (default: the paper's grid)")] = None,
     out_file: Annotated[str, typer.Option("--out", help="where to write the policy JSON")] = "policy.json",
-    difficulty: Annotated[str, typer.Option(help="predicted (mean PRM score) or oracle (pass@1)")] = "predicted",
+    difficulty: Annotated[
+        Literal["predicted", "oracle"], typer.Option(help="predicted (mean PRM score) or oracle (pass@1)")
+    ] = "predicted",
     difficulty_samples: Annotated[int, typer.Option(help="samples K behind each difficulty estimate")] = 16,
     bins: Annotated[int, typer.Option(help="difficulty bins (quantiles)")] = 5,
     limit: Limit = None,
