@@ -365,9 +365,7 @@ def _run_infos(session: Session, where: Any) -> list[RunInfo]:
         .group_by(Solve.run_id)
         .subquery()
     )
-    query = select(Run, counts.c.solves, counts.c.done, counts.c.failed).outerjoin(
-        counts, counts.c.run_id == Run.id
-    )
+    query = select(Run, counts.c.solves, counts.c.done, counts.c.failed).outerjoin(counts, counts.c.run_id == Run.id)
     if where is not None:
         query = query.where(where)
     rows = session.execute(query.order_by(Run.created_at.desc(), Run.id)).all()

@@ -87,9 +87,7 @@ class Recorder:
             s.add(Run(id=run_id, name=name, config=config, status="running"))
             return run_id
 
-        return _insert_or_get(
-            insert, lambda: self._reopen(name) if name is not None else None, self._sessions
-        )
+        return _insert_or_get(insert, lambda: self._reopen(name) if name is not None else None, self._sessions)
 
     def close_run(self, run_id: str, status: str = "done") -> None:
         """Mark the run finished (or 'failed')."""
@@ -128,9 +126,7 @@ class Recorder:
             rows = s.scalars(select(Solve.problem_id).where(Solve.run_id == run_id, Solve.status == "done"))
             return set(rows)
 
-    def start_solve(
-        self, run_id: str, problem_id: int, strategy: str, settings: dict[str, Any], budget: int
-    ) -> int:
+    def start_solve(self, run_id: str, problem_id: int, strategy: str, settings: dict[str, Any], budget: int) -> int:
         """The id of a fresh 'running' solve of the problem in the run. A solve left unfinished by an
         earlier attempt is emptied of its trace and restarted in place; a finished one is a ValueError."""
 
@@ -139,9 +135,7 @@ class Recorder:
                 select(Solve).where(Solve.run_id == run_id, Solve.problem_id == problem_id).with_for_update()
             )
             if solve is None:
-                solve = Solve(
-                    run_id=run_id, problem_id=problem_id, strategy=strategy, settings=settings, budget=budget
-                )
+                solve = Solve(run_id=run_id, problem_id=problem_id, strategy=strategy, settings=settings, budget=budget)
                 s.add(solve)
                 s.flush()
                 return solve.id
@@ -264,9 +258,7 @@ class Recorder:
 
     def _close(self, solve_id: int, **values: Any) -> None:
         with self._sessions.begin() as s:
-            result = s.execute(
-                update(Solve).where(Solve.id == solve_id).values(finished_at=utcnow(), **values)
-            )
+            result = s.execute(update(Solve).where(Solve.id == solve_id).values(finished_at=utcnow(), **values))
             _require(result, "solve", solve_id)
         with self._lock:
             self._keys.pop(solve_id, None)
@@ -291,9 +283,7 @@ class Recorder:
         return loaded
 
 
-def _insert_or_get(
-    insert: Callable[[Session], T], find: Callable[[], T | None], sessions: sessionmaker[Session]
-) -> T:
+def _insert_or_get(insert: Callable[[Session], T], find: Callable[[], T | None], sessions: sessionmaker[Session]) -> T:
     """Run `insert` in its own transaction; if a concurrent writer won the unique constraint, return
     what `find` sees instead."""
     try:
@@ -329,9 +319,7 @@ def _resolve(step: StepRecord, known: dict[str, int]) -> list[list[CandidateReco
     return layers
 
 
-def _parents_first(
-    candidates: Iterable[CandidateRecord], known: dict[str, int]
-) -> list[list[CandidateRecord]]:
+def _parents_first(candidates: Iterable[CandidateRecord], known: dict[str, int]) -> list[list[CandidateRecord]]:
     """The step's candidates in layers, each layer's parents already stored or in an earlier layer."""
     pending = list(candidates)
     keys = [c.key for c in pending]

@@ -56,9 +56,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         return
     admin, template = request.getfixturevalue("_postgres_template")
     name = f"ttc_test_{uuid.uuid4().hex}"
-    admin.execute(
-        sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
-    )
+    admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
     url = _postgres_url(admin, name)
     try:
         yield url

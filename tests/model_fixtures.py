@@ -23,9 +23,7 @@ def build_tokenizer():  # type: ignore[no-untyped-def]
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"\n\n|\\boxed\{|[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token="[EOS]", pad_token="[PAD]", unk_token="[UNK]"
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="[EOS]", pad_token="[PAD]", unk_token="[UNK]")
 
 
 def save_tiny_model(directory: Path, *, classifier: bool, seed: int = 0) -> Path:

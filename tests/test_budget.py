@@ -61,12 +61,8 @@ def test_no_strategy_spends_more_than_its_budget(plan, finish_rate, seed):
 def test_lookahead_costs_n_times_k_plus_one_generations():
     proposer = ScriptedProposer(finish_rate=0.0)
     context = SolveContext(proposer=proposer, verifier=ScriptedVerifier(), seed=1)
-    chosen = registry.get("lookahead").configure(
-        {"budget": 16, "lookahead": 3, "beam_width": 2, "max_rounds": 3}
-    )
+    chosen = registry.get("lookahead").configure({"budget": 16, "lookahead": 3, "beam_width": 2, "max_rounds": 3})
     result = run_graph(registry.compile_graph("lookahead", chosen), "q?", context)
     assert result.spend.generations == 16
-    rollout_calls = [
-        n for prompts, n, temperature in proposer.calls if temperature == 0 and len(prompts) == 4
-    ]
+    rollout_calls = [n for prompts, n, temperature in proposer.calls if temperature == 0 and len(prompts) == 4]
     assert len(rollout_calls) >= 3  # k greedy rollout steps in each round, all 4 beams batched

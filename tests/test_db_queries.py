@@ -8,9 +8,7 @@ from db import AccuracyRow, Recorder, StepRecord, accuracy_by, failed_steps, fin
 from tests.db_fixtures import T0
 
 
-def finish(
-    recorder: Recorder, run_id: str, problem_id: int, strategy: str, budget: int, **result: object
-) -> int:
+def finish(recorder: Recorder, run_id: str, problem_id: int, strategy: str, budget: int, **result: object) -> int:
     solve_id = recorder.start_solve(run_id, problem_id, strategy, {}, budget)
     spend = dict(answer="x", generations=budget, flops=result["tokens"] * 1e7, seconds=result["tokens"] / 100)  # type: ignore[operator]
     recorder.finish_solve(solve_id, **{"detail": {}, **spend, **result})  # type: ignore[arg-type]
@@ -76,9 +74,7 @@ def test_failed_steps_of_a_run(sessions: sessionmaker[Session], recorder: Record
     )
 
 
-def test_runs_are_found_by_name_or_id_with_their_counts(
-    sessions: sessionmaker[Session], recorder: Recorder
-) -> None:
+def test_runs_are_found_by_name_or_id_with_their_counts(sessions: sessionmaker[Session], recorder: Recorder) -> None:
     run_id = recorder.open_run("named", {"strategy": "beam_search"})
     problem = recorder.problem("gsm8k", "1", "q", "1")
     recorder.fail_solve(recorder.start_solve(run_id, problem, "beam_search", {}, 4), "boom")

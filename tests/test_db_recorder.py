@@ -95,9 +95,7 @@ def test_trace_lists_steps_candidates_and_scores(
         assert trace_of(session, run_id, dataset="math500") == []
     assert trace.id == solve_id
     assert (trace.problem.dataset, trace.problem.key, trace.problem.reference) == ("gsm8k", "7", "4")
-    assert [(s.seq, s.node, s.started_at) for s in trace.steps] == [
-        (r.seq, r.node, r.started_at) for r in beam_steps()
-    ]
+    assert [(s.seq, s.node, s.started_at) for s in trace.steps] == [(r.seq, r.node, r.started_at) for r in beam_steps()]
     assert {c.key: c.parent_key for c in trace.candidates}["r1.3a"] == "r1.3"
     assert [s.candidate_key for s in trace.scores][-2:] == ["r1.3a", "r0.3"]
     assert trace.scores[-1].truncated
@@ -208,9 +206,7 @@ def test_restarting_a_crashed_solve_leaves_no_orphans(
     recorder.record_step(restarted, beam_steps()[0])
 
 
-def test_failed_solve_restarts_but_finished_solve_refuses(
-    recorder: Recorder, run_and_problem: tuple[str, int]
-) -> None:
+def test_failed_solve_restarts_but_finished_solve_refuses(recorder: Recorder, run_and_problem: tuple[str, int]) -> None:
     run_id, problem_id = run_and_problem
     solve_id = record_beam(recorder, run_id, problem_id)
     recorder.fail_solve(solve_id, "engine timeout")

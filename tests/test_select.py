@@ -36,8 +36,7 @@ def test_weighted_vote_equals_the_brute_force_sum(pairs):
         return
     assert math.isclose(totals[value(selection.answer)], max(totals.values()), rel_tol=1e-9)
     assert sorted(selection.votes.values()) == sorted(totals.values()) or all(
-        math.isclose(a, b)
-        for a, b in zip(sorted(selection.votes.values()), sorted(totals.values()), strict=True)
+        math.isclose(a, b) for a, b in zip(sorted(selection.votes.values()), sorted(totals.values()), strict=True)
     )
 
 
@@ -60,10 +59,7 @@ def test_majority_and_best_of_n_follow_their_definitions(pairs):
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.lists(st.tuples(answers, scores), min_size=1, max_size=6), min_size=1, max_size=5))
 def test_hierarchical_vote_is_weighted_within_then_across_chains(chains):
-    pools = [
-        [candidate(10 * c + i, a, s, chain=c) for i, (a, s) in enumerate(chain)]
-        for c, chain in enumerate(chains)
-    ]
+    pools = [[candidate(10 * c + i, a, s, chain=c) for i, (a, s) in enumerate(chain)] for c, chain in enumerate(chains)]
     across: dict[float, float] = {}
     for chain in chains:
         inner: dict[float, float] = {}
@@ -95,9 +91,7 @@ def test_beam_pruning_keeps_the_top_n_over_m_live_prefixes_within_budget(shape, 
     already_finished = min(already_finished, budget - 1)
     # A round never holds more candidates than the lanes left after earlier finished answers.
     room = budget - already_finished
-    pool = [
-        candidate(i, "1" if done else None, s, finished=done) for i, (s, done) in enumerate(pool_spec[:room])
-    ]
+    pool = [candidate(i, "1" if done else None, s, finished=done) for i, (s, done) in enumerate(pool_spec[:room])]
     finished_before = [candidate(100 + i, "2", 0.5) for i in range(already_finished)]
     update = prune_beams(
         {"pool": pool, "finished": finished_before, "round": 1},
@@ -132,9 +126,7 @@ def test_dvts_keeps_the_best_candidate_of_each_subtree():
 def test_resampling_draws_n_particles_and_reports_a_sane_ess(particle_scores, temperature):
     pool = [candidate(i, None, s, finished=False) for i, s in enumerate(particle_scores)]
     n = len(pool)
-    update = resample_particles(
-        {"pool": pool, "round": 1}, RUNTIME, budget=n, temperature=temperature, max_rounds=40
-    )
+    update = resample_particles({"pool": pool, "round": 1}, RUNTIME, budget=n, temperature=temperature, max_rounds=40)
     assert len(update["pool"]) + len(update.get("carried", [])) == n
     assert 1.0 - 1e-9 <= update["detail"]["ess"] <= n + 1e-9
 

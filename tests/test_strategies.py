@@ -134,9 +134,7 @@ def test_beam_tree_rebuilt_from_rows_matches_every_engine_call(models, database_
 
     monkeypatch.setattr(engine, "generate", recording)
     _, trace, tree, paths = solve("beam", models, database_url, temperature=1.2)
-    rebuilt = Counter(
-        (DEFAULT_FORMAT.solution(trace.problem.question, path[:-1]), path[-1]) for path in paths.values()
-    )
+    rebuilt = Counter((DEFAULT_FORMAT.solution(trace.problem.question, path[:-1]), path[-1]) for path in paths.values())
     assert rebuilt == Counter(calls)
 
     def count(nodes) -> int:
@@ -157,9 +155,7 @@ def test_lookahead_rollouts_are_children_of_the_candidates_they_score(models, da
         assert 1 <= len(paths[rollout.key]) - len(paths[parent.key]) <= 1  # k = 1
 
 
-def test_revision_chains_link_each_answer_to_the_one_before_and_show_at_most_four(
-    models, database_url, monkeypatch
-):
+def test_revision_chains_link_each_answer_to_the_one_before_and_show_at_most_four(models, database_url, monkeypatch):
     engine = load_proposer(models.reviser or "")
     prompts_seen: list[str] = []
     original = engine.generate

@@ -23,9 +23,7 @@ def propose_answers(
         [prompt], n, max_tokens=max_tokens, temperature=temperature, seed=context.seed_for("answers")
     )
     answers = [
-        answer_candidate(
-            completion, key=f"1.{index}", round=1, kind="answer", split=context.prompt_format.split_steps
-        )
+        answer_candidate(completion, key=f"1.{index}", round=1, kind="answer", split=context.prompt_format.split_steps)
         for index, completion in enumerate(completions)
     ]
     return {
@@ -104,9 +102,7 @@ def generate_counts(
     if not prompts:
         return []
     if len(set(counts)) == 1:
-        return engine.generate(
-            prompts, counts[0], max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed
-        )
+        return engine.generate(prompts, counts[0], max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed)
     # Uneven counts: one row per sample keeps it a single batched call.
     rows = [prompt for prompt, count in zip(prompts, counts, strict=True) for _ in range(count)]
     flat = engine.generate(rows, 1, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed)

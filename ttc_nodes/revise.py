@@ -44,10 +44,7 @@ def revise(state: SolveState, runtime: NodeRuntime, *, max_tokens: int, temperat
     reviser = context.require_reviser()
     chains = state["chains"]
     round_number = state.get("round", 0) + 1
-    prompts = [
-        context.prompt_format.revision(state["question"], [answer.text for answer in chain])
-        for chain in chains
-    ]
+    prompts = [context.prompt_format.revision(state["question"], [answer.text for answer in chain]) for chain in chains]
     results = reviser.generate(
         prompts,
         1,

@@ -127,9 +127,7 @@ def prune_beams(
     }
 
 
-def prune_subtrees(
-    state: SolveState, runtime: NodeRuntime, *, beam_width: int, max_rounds: int
-) -> dict[str, Any]:
+def prune_subtrees(state: SolveState, runtime: NodeRuntime, *, beam_width: int, max_rounds: int) -> dict[str, Any]:
     """DVTS selection: each independent subtree keeps only its best candidate; a subtree whose best
     candidate has finished is done. Every kept subtree is expanded M times."""
     by_subtree: dict[int, list[Candidate]] = {}

@@ -34,9 +34,7 @@ def score_candidates(
     scored = []
     for candidate, result in zip(candidates, results, strict=True):
         if len(result.step_scores) != len(candidate.steps):
-            raise ValueError(
-                f"verifier gave {len(result.step_scores)} step scores for {len(candidate.steps)} steps"
-            )
+            raise ValueError(f"verifier gave {len(result.step_scores)} step scores for {len(candidate.steps)} steps")
         value = aggregate(result.step_scores, aggregation)
         scored.append(candidate.scored(result.step_scores, value, result.truncated))
     return scored, verifier_spend(verifier.parameters, sum(r.tokens for r in results))
@@ -103,9 +101,7 @@ def _rollout(candidate: Candidate, tip: Candidate) -> Candidate:
     )
 
 
-def verify_chains(
-    state: SolveState, runtime: NodeRuntime, *, aggregation: Aggregation = "last"
-) -> dict[str, Any]:
+def verify_chains(state: SolveState, runtime: NodeRuntime, *, aggregation: Aggregation = "last") -> dict[str, Any]:
     """Score every answer of every revision chain in one verifier call."""
     verifier = runtime.context.require_verifier("verify_chains")
     chains = state.get("chains", [])

@@ -86,9 +86,7 @@ def upgrade() -> None:
         sa.Column("flops", sa.Float(), nullable=False),
         sa.Column("detail", _json(), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["solve_id"], ["solves.id"], name="fk_steps_solve_id_solves", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["solve_id"], ["solves.id"], name="fk_steps_solve_id_solves", ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name="pk_steps"),
     )
     op.create_index("ix_steps_solve_id_seq", "steps", ["solve_id", "seq"])
@@ -115,12 +113,8 @@ def upgrade() -> None:
         sa.Column("answer", sa.Text(), nullable=True),
         sa.Column("logprob", sa.Float(), nullable=True),
         sa.Column("tokens", sa.Integer(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["solve_id"], ["solves.id"], name="fk_candidates_solve_id_solves", ondelete="CASCADE"
-        ),
-        sa.ForeignKeyConstraint(
-            ["step_id"], ["steps.id"], name="fk_candidates_step_id_steps", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["solve_id"], ["solves.id"], name="fk_candidates_solve_id_solves", ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["step_id"], ["steps.id"], name="fk_candidates_step_id_steps", ondelete="CASCADE"),
         sa.ForeignKeyConstraint(
             ["parent_id"], ["candidates.id"], name="fk_candidates_parent_id_candidates", ondelete="CASCADE"
         ),
@@ -146,9 +140,7 @@ def upgrade() -> None:
             name="fk_scores_candidate_id_candidates",
             ondelete="CASCADE",
         ),
-        sa.ForeignKeyConstraint(
-            ["step_id"], ["steps.id"], name="fk_scores_step_id_steps", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["step_id"], ["steps.id"], name="fk_scores_step_id_steps", ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name="pk_scores"),
     )
     op.create_index("ix_scores_candidate_id", "scores", ["candidate_id"])
