@@ -1,13 +1,25 @@
 """Model URIs: `scheme:location[?key=value&...]` → a loaded engine.
 
-Built-in schemes: `hf:PATH` (transformers causal LM as proposer / reviser; token-classification
-PRM as verifier), `gguf:PATH.gguf` (a GGUF file through transformers) and `testbed:NAME` (the
-checkpoints shipped with the package). Other backends register themselves with `register_scheme`.
-Engines are cached per URI, so a process loads each model once.
+Built-in schemes:
+- `hf:PATH` — a transformers causal LM as proposer / reviser; as verifier, a PRM in the layout
+  `?format=` names: `value_head` (token classification at step separators, the default), `step_tag`
+  (Math-Shepherd: `&tag=ки&good=%2B&bad=-`) or `chat_judge` (RLHFlow: `&good=%2B&bad=-`).
+- `gguf:PATH.gguf` — a GGUF file through transformers (needs the `gguf` and `accelerate` packages).
+- `testbed:NAME` — the checkpoints shipped with the package.
+- `openai:URL[,URL...]#MODEL` — an OpenAI-compatible completions server (see `engines.openai`).
+- `judge:<proposer URI>` (verifier) — an LLM rating each step (see `engines.judge`).
+
+Common options: `device`, `dtype`, `max_batch`; `chat=1` on an `hf:`/`gguf:` proposer wraps prompts in
+the model's chat template (`prompt_format_of(engine)` gives the layout to put in the solve context).
+Other backends register themselves with `register_scheme`. Engines are cached per URI, so a process
+loads each model once.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -15,13 +27,14 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from ttc_nodes.engines.base import EngineError, Proposer, Verifier
+from ttc_nodes.prompts import DEFAULT_FORMAT, PromptFormat
 
 Loader = Callable[[str, dict[str, str], str], Any]
 
 _proposer_loaders: dict[str, Loader] = {}
 _verifier_loaders: dict[str, Loader] = {}
 _cache: dict[tuple[str, str], Any] = {}
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: a `judge:` loader loads the proposer it wraps
 
 
 def register_scheme(scheme: str, *, proposer: Loader | None = None, verifier: Loader | None = None) -> None:
@@ -66,29 +79,65 @@ def load_verifier(uri: str) -> Verifier:
     return engine
 
 
-def _hf_proposer(location: str, options: dict[str, str], uri: str) -> Any:
+def prompt_format_of(engine: object, default: PromptFormat = DEFAULT_FORMAT) -> PromptFormat:
+    """The prompt layout an engine's URI asked for (`?chat=1`), else `default`."""
+    prompt_format = getattr(engine, "prompt_format", None)
+    return prompt_format if isinstance(prompt_format, PromptFormat) else default
+
+
+_ENGINE_OPTIONS: dict[str, Callable[[str], Any]] = {"device": str, "dtype": str, "max_batch": int}
+
+
+def _flag(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not a yes/no flag (1 or 0)")
+
+
+def _hf_proposer(location: str, options: dict[str, str], uri: str, gguf_file: str | None = None) -> Any:
     from ttc_nodes.engines.hf import HFProposer
 
-    return HFProposer(location, uri=uri, **_engine_options(options))
+    own = _typed_options(options, {**_ENGINE_OPTIONS, "chat": _flag})
+    chat = own.pop("chat", False)
+    engine = HFProposer(location, gguf_file=gguf_file, uri=uri, **own)
+    if chat:
+        if not getattr(engine.tokenizer, "chat_template", None):
+            raise EngineError(f"{uri}: chat=1 asks for the model's chat template, but its tokenizer has none")
+        render = functools.partial(engine.tokenizer.apply_chat_template, tokenize=False, add_generation_prompt=True)
+        engine.prompt_format = PromptFormat.for_chat(render)  # type: ignore[attr-defined]
+    return engine
 
 
 def _gguf_proposer(location: str, options: dict[str, str], uri: str) -> Any:
-    from ttc_nodes.engines.hf import HFProposer
-
     file = Path(location).expanduser()
     if file.suffix != ".gguf":
         raise EngineError(f"gguf URI must name a .gguf file, got {location!r}")
-    return HFProposer(str(file.parent), gguf_file=file.name, uri=uri, **_engine_options(options))
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise EngineError(f"{uri}: reading GGUF files through transformers needs: pip install {' '.join(missing)}")
+    return _hf_proposer(str(file.parent), options, uri, gguf_file=file.name)
 
 
 def _hf_verifier(location: str, options: dict[str, str], uri: str) -> Any:
     from ttc_nodes.engines.hf import HFValueHeadPRM
+    from ttc_nodes.engines.prm import PRM_FORMATS, StepTagPRM
 
-    return HFValueHeadPRM(location, uri=uri, **_engine_options(options))
+    rest = dict(options)
+    layout = rest.pop("format", "value_head")
+    if layout == "value_head":
+        return HFValueHeadPRM(location, uri=uri, **_typed_options(rest, _ENGINE_OPTIONS))
+    if layout not in PRM_FORMATS:
+        known = ", ".join(["value_head", *PRM_FORMATS])
+        raise ValueError(f"unknown PRM format {layout!r} in {uri!r}; known formats: {known}")
+    known_options: dict[str, Callable[[str], Any]] = {**_ENGINE_OPTIONS, "good": str, "bad": str, "max_length": int}
+    if PRM_FORMATS[layout] is StepTagPRM:
+        known_options["tag"] = str
+    return PRM_FORMATS[layout](location, uri=uri, **_typed_options(rest, known_options))
 
 
-def _engine_options(options: dict[str, str]) -> dict[str, Any]:
-    known: dict[str, Callable[[str], Any]] = {"device": str, "dtype": str, "max_batch": int}
+def _typed_options(options: dict[str, str], known: dict[str, Callable[[str], Any]]) -> dict[str, Any]:
     unknown = set(options) - set(known)
     if unknown:
         raise ValueError(f"unknown engine option(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -97,8 +146,39 @@ def _engine_options(options: dict[str, str]) -> dict[str, Any]:
         try:
             parsed[key] = known[key](value)
         except ValueError:
-            raise ValueError(f"engine option {key}={value!r} is not a valid {known[key].__name__}") from None
+            kind = getattr(known[key], "__name__", "value").lstrip("_")
+            raise ValueError(f"engine option {key}={value!r} is not a valid {kind}") from None
     return parsed
+
+
+def _openai_proposer(location: str, options: dict[str, str], uri: str) -> Any:
+    from ttc_nodes.engines.openai import OpenAIProposer, parse_location
+
+    if "#" in "".join(options.values()):
+        raise ValueError(f"{uri!r}: write the model before the options: openai:URL#MODEL?key=value")
+    base_urls, model = parse_location(location)
+    known: dict[str, Callable[[str], Any]] = {
+        "concurrency": int,
+        "timeout": float,
+        "retries": int,
+        "backoff": float,
+        "batch": int,
+        "params": float,
+    }
+    api_key = os.environ.get("OPENAI_API_KEY")
+    return OpenAIProposer(base_urls, model, uri=uri, api_key=api_key, **_typed_options(options, known))
+
+
+def _judge_verifier(location: str, options: dict[str, str], uri: str) -> Any:
+    from ttc_nodes.engines.judge import JudgePRM
+
+    inner, _, query = uri.partition(":")[2].partition("?")
+    pairs = [pair for pair in query.split("&") if pair]
+    judge_options = {key: value for key, value in parse_qsl("&".join(p for p in pairs if p.startswith("judge_")))}
+    rest = "&".join(p for p in pairs if not p.startswith("judge_"))
+    proposer = load_proposer(f"{inner}?{rest}" if rest else inner)
+    typed = _typed_options(judge_options, {"judge_max_tokens": int, "judge_max_chars": int})
+    return JudgePRM(proposer, uri=uri, **{key.removeprefix("judge_"): value for key, value in typed.items()})
 
 
 def _testbed_proposer(location: str, options: dict[str, str], uri: str) -> Any:
@@ -117,5 +197,7 @@ def _ensure_builtin_schemes() -> None:
     _proposer_loaders.setdefault("hf", _hf_proposer)
     _proposer_loaders.setdefault("gguf", _gguf_proposer)
     _proposer_loaders.setdefault("testbed", _testbed_proposer)
+    _proposer_loaders.setdefault("openai", _openai_proposer)
     _verifier_loaders.setdefault("hf", _hf_verifier)
     _verifier_loaders.setdefault("testbed", _testbed_verifier)
+    _verifier_loaders.setdefault("judge", _judge_verifier)
