@@ -21,6 +21,7 @@ from graphs.settings import StrategySettings
 from ttc_nodes.answers import is_correct
 from ttc_nodes.budget import BudgetError, Spend
 from ttc_nodes.engines import load_proposer, load_verifier
+from ttc_nodes.engines.uris import prompt_format_of
 from ttc_nodes.state import SolveContext
 
 
@@ -72,7 +73,14 @@ def engines_for(strategy: str, settings: StrategySettings, models: ModelSettings
             "testbed:reviser" if models.proposer.startswith("testbed:") else models.proposer
         )
         reviser = load_proposer(reviser_uri)
-    return SolveContext(proposer=proposer, verifier=verifier, reviser=reviser, seed=models.seed)
+    # A chat model asked for with `?chat=1` brings its own prompt layout.
+    return SolveContext(
+        proposer=proposer,
+        verifier=verifier,
+        reviser=reviser,
+        prompt_format=prompt_format_of(proposer),
+        seed=models.seed,
+    )
 
 
 class Tee:

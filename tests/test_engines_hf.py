@@ -281,9 +281,9 @@ def test_parse_uri_rejects_uris_without_scheme_or_location(uri: str) -> None:
 
 
 def test_unknown_scheme_names_the_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"'nope'.*known schemes: gguf, hf, testbed"):
+    with pytest.raises(ValueError, match=r"'nope'.*known schemes: gguf, hf, openai, testbed"):
         load_proposer("nope:x")
-    with pytest.raises(ValueError, match=r"'nope'.*known schemes: hf, testbed"):
+    with pytest.raises(ValueError, match=r"'nope'.*known schemes: hf, judge, testbed"):
         load_verifier("nope:x")
 
 
