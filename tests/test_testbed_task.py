@@ -32,21 +32,20 @@ def test_reference_steps_are_all_correct_and_box_the_answer():
         assert len(problem.steps) == len(problem.operations)
 
 
-def test_difficulty_grows_operations_and_operand_sizes():
+def test_difficulty_grows_operations_and_value_sizes():
     levels = [task.LEVELS[d] for d in range(1, task.MAX_DIFFICULTY + 1)]
     for easier, harder in itertools.pairwise(levels):
-        assert (harder.operations, harder.digits, harder.multiplier_digits) >= (
-            easier.operations,
-            easier.digits,
-            easier.multiplier_digits,
-        )
-        assert harder != easier
-    mean_steps = [
-        sum(len(p.steps) for p in task.problems(50, seed=1, difficulty=d)) / 50
-        for d in range(1, task.MAX_DIFFICULTY + 1)
-    ]
+        assert harder.operations > easier.operations
+        assert harder.max_value >= easier.max_value
+        assert harder.multiply >= easier.multiply
+    mean_steps, mean_largest = [], []
+    for d in range(1, task.MAX_DIFFICULTY + 1):
+        drawn = task.problems(200, seed=1, difficulty=d)
+        mean_steps.append(sum(len(p.steps) for p in drawn) / len(drawn))
+        mean_largest.append(sum(max(task.parse_step(s)[3] for s in p.steps) for p in drawn) / len(drawn))
+        assert all(task.parse_step(s)[3] <= task.LEVELS[d].max_value for p in drawn for s in p.steps)
     assert mean_steps == sorted(mean_steps)
-    assert mean_steps[0] < mean_steps[-1]
+    assert mean_largest[-1] > 2 * mean_largest[0]
 
 
 def test_same_seed_same_problems_other_seed_other_problems():

@@ -39,7 +39,7 @@ class ReportSettings:
     rollouts: int = 8
     chains: int = 4  # revision chains per problem
     chain_length: int = 5
-    max_tokens: int = 160
+    max_tokens: int = 192
     seed: int = 0
 
 

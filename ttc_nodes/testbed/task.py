@@ -1,20 +1,21 @@
 """The testbed task: multi-step arithmetic with exact answers, written and solved MATH-style.
 
 A problem is a left-to-right chain of operations on whole numbers, written with the parentheses
-that order of operations needs, e.g. `Compute (37 + 48) * 3 - 25.` Its solution has one operation
+that order of operations needs, e.g. `Compute (17 + 8) * 3 - 5.` Its solution has one operation
 per step (one paragraph each) and the final step boxes the answer:
 
-    37 + 48 = 85
+    17 + 8 = 25
 
-    85 * 3 = 255
+    25 * 3 = 75
 
-    255 - 25 = \\boxed{230}
+    75 - 5 = \\boxed{70}
 
-The difficulty knob (1 = easiest) sets the number of operations, operand sizes and whether
-multiplications appear; carries and parentheses grow with it. `worked_solution(..., slip_rate=)`
-writes the solution a fallible student would: at each step, with a chance that grows with the
-step's carries, the result gets a plausible slip (a dropped carry, a forgotten borrow, a digit off
-by one) and later steps carry the wrong value on consistently. The proposer is trained on those.
+The difficulty knob (1 = easiest) sets the number of operations (1 to 12), how large running values
+may grow (20 to 99, so more carries and borrows) and whether products appear; parentheses come with
+products after sums. `worked_solution(..., slip_rate=)` writes the solution a fallible student
+would: at each carry or borrow, with chance `slip_rate`, the result gets a plausible slip (a dropped
+carry, a forgotten borrow, a digit off by one) and later steps carry the wrong value on
+consistently. The proposer is trained on those, so its mistakes grow with difficulty.
 """
 
 from __future__ import annotations
@@ -31,23 +32,25 @@ Operation = tuple[str, int]  # ("+", 48): apply "+ 48" to the running value
 @dataclass(frozen=True)
 class Level:
     operations: int
-    digits: int  # digits of the starting number and of added / subtracted operands
-    multiplier_digits: int  # 0: no multiplication at this level
+    max_value: int  # the start and every running value stay at or below it
+    multiply: bool  # whether products by 2..5 appear
 
 
+# Operands are one-digit numbers and running values stay small, so every single step is arithmetic
+# a small model learns in minutes; harder levels are longer chains over bigger values, with more
+# carries to slip on. (Bigger operands made the models of the 20-minute recipe fail at every level.)
 LEVELS: dict[int, Level] = {
-    1: Level(operations=1, digits=2, multiplier_digits=0),
-    2: Level(operations=2, digits=2, multiplier_digits=0),
-    3: Level(operations=2, digits=2, multiplier_digits=1),
-    4: Level(operations=3, digits=2, multiplier_digits=1),
-    5: Level(operations=3, digits=3, multiplier_digits=1),
-    6: Level(operations=4, digits=3, multiplier_digits=1),
-    7: Level(operations=5, digits=3, multiplier_digits=1),
-    8: Level(operations=6, digits=3, multiplier_digits=1),
+    1: Level(operations=1, max_value=20, multiply=False),
+    2: Level(operations=2, max_value=30, multiply=False),
+    3: Level(operations=3, max_value=40, multiply=True),
+    4: Level(operations=4, max_value=50, multiply=True),
+    5: Level(operations=5, max_value=60, multiply=True),
+    6: Level(operations=7, max_value=80, multiply=True),
+    7: Level(operations=9, max_value=99, multiply=True),
+    8: Level(operations=12, max_value=99, multiply=True),
 }
 MAX_DIFFICULTY = max(LEVELS)
-MAX_VALUE_FOR_MULTIPLY = 9_999  # keep running values (and sequence lengths) bounded
-SLIP_RATE = 0.05  # slip chance per carry and per digit beyond the first, in the training data
+SLIP_RATE = 0.2  # slip chance per carry / borrow of a step, in the proposer's training data
 
 
 @dataclass(frozen=True)
@@ -120,22 +123,23 @@ def make_problem(key: str, start: int, operations: tuple[Operation, ...], diffic
 
 
 def _draw_operations(level: Level, rng: random.Random) -> tuple[int, tuple[Operation, ...]]:
-    def number(digits: int) -> int:
-        return rng.randint(10 ** (digits - 1), 10**digits - 1)
-
-    start = number(level.digits)
+    start = rng.randint(2, level.max_value // 2)
     value, operations = start, []
     for _ in range(level.operations):
-        choices = ["+", "-"] if value >= 10 else ["+"]
-        if level.multiplier_digits and value <= MAX_VALUE_FOR_MULTIPLY:
+        choices = []
+        if value + 1 <= level.max_value:
+            choices.append("+")
+        if value >= 2:
+            choices.append("-")
+        if level.multiply and 2 <= value <= level.max_value // 2:
             choices.append("*")
         op = rng.choice(choices)
         if op == "*":
-            operand = rng.randint(2, 10**level.multiplier_digits - 1)
+            operand = rng.randint(2, min(5, level.max_value // value))
         elif op == "-":
-            operand = rng.randint(1, min(value, 10**level.digits - 1))
+            operand = rng.randint(1, min(value - 1, 9))
         else:
-            operand = number(level.digits)
+            operand = rng.randint(1, min(9, level.max_value - value))
         operations.append((op, operand))
         value = apply(value, op, operand)
     return start, tuple(operations)
@@ -213,9 +217,8 @@ def step_text(value: int, op: str, operand: int, result: int, final: bool) -> st
 
 
 def slip_chance(value: int, op: str, operand: int, slip_rate: float) -> float:
-    """Slips come with carries, and more so in long numbers."""
-    digits = len(str(abs(apply(value, op, operand))))
-    return slip_rate * carries(value, op, operand) * max(1, digits - 1)
+    """Slips come with carries and borrows."""
+    return min(1.0, slip_rate * carries(value, op, operand))
 
 
 def worked_solution(

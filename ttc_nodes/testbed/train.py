@@ -70,21 +70,21 @@ class Recipe:
 
 FULL_RECIPE = Recipe(
     size=FULL,
-    proposer_steps=1500,
-    proposer_batch=64,
-    proposer_lr=2e-3,
+    proposer_steps=900,
+    proposer_batch=32,
+    proposer_lr=1.5e-3,
     slip_rate=task.SLIP_RATE,
-    pool_problems=320,
+    pool_problems=256,
     pool_samples=16,
     prm_solutions=2,
     rollouts=8,
-    prm_epochs=3,
+    prm_epochs=4,
     prm_batch=32,
-    prm_lr=5e-4,
-    reviser_steps=300,
+    prm_lr=1e-3,
+    reviser_steps=200,
     reviser_batch=16,
     reviser_lr=5e-4,
-    max_tokens=160,
+    max_tokens=192,
 )
 QUICK_RECIPE = Recipe(
     size=QUICK,
@@ -321,6 +321,8 @@ def train_reviser(recipe: Recipe, tokenizer, proposer, examples, seed: int) -> t
         (DEFAULT_FORMAT.revision(question, attempts), target + tokenizer.eos_token)
         for question, attempts, target in examples
     ]
+    # One character is one token: drop the rare context of rambling attempts that would not fit.
+    pairs = [pair for pair in pairs if len(pair[0]) + len(pair[1]) < recipe.size.max_positions]
     rng = random.Random(f"reviser-{seed}")
 
     def batches() -> Iterator[list[tuple[str, str]]]:
