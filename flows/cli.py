@@ -385,17 +385,24 @@ def serve(
     name: Annotated[str, typer.Option(help="deployment name")] = "ttc",
 ) -> None:
     """Serve `evaluate` and `calibrate` as Prefect deployments (trigger with `prefect deployment run`)."""
-    from prefect import serve as prefect_serve
+    import asyncio
+
+    from prefect.runner import Runner
 
     from flows.calibrate import calibrate as calibrate_flow
     from flows.evaluate import evaluate as evaluate_flow
 
-    runner = task_runner(concurrency, dask)
+    tasks = task_runner(concurrency, dask)
+    # Flows added as objects run as themselves, with this task runner; `prefect.serve(deployment)` would
+    # re-import them from their entrypoint and silently drop --concurrency and --dask.
+    runner = Runner(name=f"ttc-{name}")
+    runner.add_flow(evaluate_flow.with_options(task_runner=tasks), name=name)
+    runner.add_flow(calibrate_flow.with_options(task_runner=tasks), name=name)
     err.print(f"serving deployments evaluate/{name} and calibrate/{name}; Ctrl-C stops")
-    prefect_serve(
-        evaluate_flow.with_options(task_runner=runner).to_deployment(name=name),
-        calibrate_flow.with_options(task_runner=runner).to_deployment(name=name),
-    )
+    try:
+        asyncio.run(runner.start())
+    except KeyboardInterrupt:
+        err.print("stopped")
 
 
 def _mount_testbed() -> None:
