@@ -80,6 +80,7 @@ def prm_from_proposer(proposer: LlamaForCausalLM, seed: int) -> LlamaForTokenCla
     config.architectures = ["LlamaForTokenClassification"]
     prm = LlamaForTokenClassification(config).float()
     prm.model.load_state_dict(proposer.model.state_dict())
+    prm.to(proposer.device)
     return prm
 
 

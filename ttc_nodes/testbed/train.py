@@ -45,6 +45,7 @@ from ttc_nodes.testbed.trajectories import revision_examples
 
 log = logging.getLogger(__name__)
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU trains far more steps
 TRAIN_SEED_OFFSET = 1_000_000  # training problems use seeds far from the small seeds of eval sets
 
 
@@ -120,7 +121,7 @@ def train(out: Path, quick: bool = False, seed: int = 0) -> dict[str, float]:
     timings["proposer"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    engine = HFProposer(str(out / "proposer"), device="cpu")
+    engine = HFProposer(str(out / "proposer"), device=DEVICE.type)
     pool = task.problems(recipe.pool_problems, TRAIN_SEED_OFFSET + seed)
     answers = sample_answers(engine, pool, recipe.pool_samples, recipe.max_tokens, seed)
     timings["samples"] = time.perf_counter() - started
@@ -181,7 +182,7 @@ def proposer_batches(recipe: Recipe, eos: str, seed: int) -> Iterator[list[tuple
 
 
 def train_proposer(recipe: Recipe, tokenizer, seed: int) -> torch.nn.Module:
-    model = new_causal_lm(recipe.size, tokenizer, seed)
+    model = new_causal_lm(recipe.size, tokenizer, seed).to(DEVICE)
     log.info("proposer: %d parameters", parameter_count(model))
     batches = proposer_batches(recipe, tokenizer.eos_token, seed)
     fit_causal_lm(model, tokenizer, batches, recipe.proposer_steps, recipe.proposer_lr, "proposer")
@@ -206,7 +207,7 @@ def fit_causal_lm(
             input_ids, labels, mask = encode_pairs(tokenizer, pairs)
             for group in optimizer.param_groups:
                 group["lr"] = lr * schedule(step)
-            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            loss = model(input_ids=input_ids.to(DEVICE), attention_mask=mask.to(DEVICE), labels=labels.to(DEVICE)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -270,7 +271,7 @@ def sample_answers(
 
 def train_prm(recipe: Recipe, tokenizer, proposer, labelled, seed: int) -> torch.nn.Module:
     """BCE on soft Monte-Carlo labels, read at each step's last separator token (as `prm_inputs`)."""
-    prm = prm_from_proposer(proposer, seed)
+    prm = prm_from_proposer(proposer, seed).to(DEVICE)
     rows = []
     for question, steps, labels in labelled:
         ids, positions = prm_inputs(tokenizer, question, steps)
@@ -295,7 +296,8 @@ def train_prm(recipe: Recipe, tokenizer, proposer, labelled, seed: int) -> torch
                     input_ids[row, : len(ids)] = torch.tensor(ids)
                     mask[row, : len(ids)] = 1
                     targets[row, positions] = torch.tensor(labels, dtype=torch.float)
-                logits = prm(input_ids=input_ids, attention_mask=mask).logits[..., 0]
+                logits = prm(input_ids=input_ids.to(DEVICE), attention_mask=mask.to(DEVICE)).logits[..., 0]
+                targets = targets.to(DEVICE)
                 scored = targets >= 0
                 loss = F.binary_cross_entropy_with_logits(logits[scored], targets[scored])
                 for group in optimizer.param_groups:
@@ -315,7 +317,7 @@ def train_prm(recipe: Recipe, tokenizer, proposer, labelled, seed: int) -> torch
 
 def train_reviser(recipe: Recipe, tokenizer, proposer, examples, seed: int) -> torch.nn.Module:
     """A copy of the proposer fine-tuned on (revision prompt with wrong attempts → correct answer)."""
-    reviser = new_causal_lm(recipe.size, tokenizer, seed)
+    reviser = new_causal_lm(recipe.size, tokenizer, seed).to(DEVICE)
     reviser.load_state_dict(proposer.state_dict())
     pairs = [
         (DEFAULT_FORMAT.revision(question, attempts), target + tokenizer.eos_token)
