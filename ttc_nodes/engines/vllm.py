@@ -142,13 +142,12 @@ class VLLMProposer:
                     temperature=temperature,
                     top_p=1.0,
                     top_k=0,
-                    # vLLM refuses a request that would run past the context; end it there instead.
-                    max_tokens=min(max_tokens, self.max_model_len - len(ids)),
+                    max_tokens=max_tokens,  # vLLM ends a sample at max_model_len if that comes first
                     stop=stops,
                     seed=_prompt_seed(seed, index),
                     logprobs=0,
                 )
-                for index, ids in enumerate(token_prompts)
+                for index in range(len(prompts))
             ]
             try:
                 outputs = self.llm.generate(
