@@ -66,6 +66,25 @@ def _load_tokenizer(location: Path, gguf_file: str | None) -> Any:
     return tokenizer
 
 
+def load_model(
+    model_class: Any, location: Path, what: str, *, dtype: str, device: torch.device, gguf_file: str | None = None
+) -> tuple[Any, Any]:
+    """A local checkpoint's tokenizer and model, in eval mode on `device`; any loading failure is an
+    EngineError naming `what` was expected and where."""
+    weights_dtype = _torch_dtype(dtype)
+    try:
+        tokenizer = _load_tokenizer(location, gguf_file)
+        model = model_class.from_pretrained(location, local_files_only=True, gguf_file=gguf_file, dtype=weights_dtype)
+    except (OSError, ValueError) as error:  # transformers raises either for a directory it cannot read
+        raise EngineError(f"cannot load {what} from {location}: {error}") from error
+    model.to(device).eval()
+    return tokenizer, model
+
+
+def parameter_count(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 class HFProposer:
     """Samples with `model.generate`, every prompt × n sample of a call in as few batches as fit."""
 
@@ -85,17 +104,11 @@ class HFProposer:
         self.uri = uri or f"hf:{location}"
         self.device = pick_device(device)
         self.max_batch = _check_max_batch(max_batch)
-        weights_dtype = _torch_dtype(dtype)
-        try:
-            self.tokenizer = _load_tokenizer(location, gguf_file)
-            self.model = AutoModelForCausalLM.from_pretrained(
-                location, local_files_only=True, gguf_file=gguf_file, dtype=weights_dtype
-            )
-        except (OSError, ValueError) as error:  # transformers raises either for a directory it cannot read
-            raise EngineError(f"cannot load a causal LM from {location}: {error}") from error
-        self.model.to(self.device).eval()  # type: ignore[arg-type]
+        self.tokenizer, self.model = load_model(
+            AutoModelForCausalLM, location, "a causal LM", dtype=dtype, device=self.device, gguf_file=gguf_file
+        )
         self._lock = threading.Lock()
-        self.parameters = sum(p.numel() for p in self.model.parameters())
+        self.parameters = parameter_count(self.model)
 
     def generate(
         self,
@@ -274,19 +287,13 @@ class HFValueHeadPRM:
         self.device = pick_device(device)
         self.max_batch = _check_max_batch(max_batch)
         self.prompt_format = prompt_format
-        weights_dtype = _torch_dtype(dtype)
-        try:
-            self.tokenizer = _load_tokenizer(location, None)
-            self.model = AutoModelForTokenClassification.from_pretrained(
-                location, local_files_only=True, dtype=weights_dtype
-            )
-        except (OSError, ValueError) as error:
-            raise EngineError(f"cannot load a token-classification PRM from {location}: {error}") from error
+        self.tokenizer, self.model = load_model(
+            AutoModelForTokenClassification, location, "a token-classification PRM", dtype=dtype, device=self.device
+        )
         if self.model.config.num_labels not in (1, 2):
             raise EngineError(f"PRM at {location} has num_labels={self.model.config.num_labels}; expected 1 or 2")
-        self.model.to(self.device).eval()  # type: ignore[arg-type]
         self._lock = threading.Lock()
-        self.parameters = sum(p.numel() for p in self.model.parameters())
+        self.parameters = parameter_count(self.model)
         self.max_length = int(getattr(self.model.config, "max_position_embeddings", 4096))
 
     def score(self, question: str, solutions: Sequence[Sequence[str]]) -> list[Scored]:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ttc_nodes.engines.base import EngineError, Scored
-from ttc_nodes.engines.hf import _check_max_batch, _check_path, _load_tokenizer, _torch_dtype, pick_device
+from ttc_nodes.engines.hf import _check_max_batch, _check_path, load_model, parameter_count, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +58,16 @@ class CausalLMPRM:
         self.uri = uri or f"hf:{location}?format={self.format_name}"
         self.device = pick_device(device)
         self.max_batch = _check_max_batch(max_batch)
-        try:
-            self.tokenizer = _load_tokenizer(location, None)
-            self.model = AutoModelForCausalLM.from_pretrained(
-                location, local_files_only=True, dtype=_torch_dtype(dtype)
-            )
-        except (OSError, ValueError) as error:
-            raise EngineError(f"cannot load a causal LM PRM from {location}: {error}") from error
+        self.tokenizer, self.model = load_model(
+            AutoModelForCausalLM, location, "a causal LM PRM", dtype=dtype, device=self.device
+        )
         if not self.tokenizer.is_fast:
             raise EngineError(f"PRM at {location} needs a fast tokenizer (character offsets locate its steps)")
         self.good_id = self._single_token(good, "good")
         self.bad_id = self._single_token(bad, "bad")
         self.good, self.bad = good, bad
-        self.model.to(self.device).eval()  # type: ignore[arg-type]
         self._lock = threading.Lock()
-        self.parameters = sum(p.numel() for p in self.model.parameters())
+        self.parameters = parameter_count(self.model)
         self.max_length = max_length or int(getattr(self.model.config, "max_position_embeddings", 4096))
 
     def _single_token(self, text: str, role: str) -> int:
