@@ -50,6 +50,7 @@ Database = Annotated[
     str | None, typer.Option("--db", help="database URL [default: $TTC_DATABASE_URL or a SQLite file]")
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="print exactly one JSON object on stdout")]
+SamplingSeed = Annotated[int | None, typer.Option(help="base sampling seed")]
 
 
 def fail(message: str) -> NoReturn:
@@ -145,7 +146,7 @@ def solve(
     proposer: Proposer = None,
     verifier: Verifier = None,
     reviser: Reviser = None,
-    seed: Annotated[int | None, typer.Option(help="base sampling seed")] = None,
+    seed: SamplingSeed = None,
     database: Database = None,
     as_json: AsJson = False,
 ) -> None:
@@ -210,6 +211,7 @@ SkipBad = Annotated[
     bool, typer.Option("--skip-bad-lines", help="skip malformed dataset lines (reported) instead of failing")
 ]
 Concurrency = Annotated[int, typer.Option(help="prompts solved at once (threads)")]
+RunName = Annotated[str | None, typer.Option("--run-name", help="name of the run; re-running resumes it")]
 DaskAddress = Annotated[str | None, typer.Option("--dask", help="run tasks on this Dask scheduler (prefect-dask)")]
 
 
@@ -240,14 +242,14 @@ def evaluate(
     shard: Shard = None,
     subset_seed: SubsetSeed = None,
     skip_bad_lines: SkipBad = False,
-    run_name: Annotated[str | None, typer.Option("--run-name", help="name of the run; re-running resumes it")] = None,
+    run_name: RunName = None,
     summary: Annotated[str | None, typer.Option(help="also write the summary to this JSON file")] = None,
     concurrency: Concurrency = 4,
     dask: DaskAddress = None,
     proposer: Proposer = None,
     verifier: Verifier = None,
     reviser: Reviser = None,
-    seed: Annotated[int | None, typer.Option(help="base sampling seed")] = None,
+    seed: SamplingSeed = None,
     database: Database = None,
     as_json: AsJson = False,
 ) -> None:
@@ -321,15 +323,13 @@ def calibrate(
     shard: Shard = None,
     subset_seed: SubsetSeed = None,
     skip_bad_lines: SkipBad = False,
-    run_name: Annotated[
-        str | None, typer.Option("--run-name", help="name of the calibration; re-running resumes it")
-    ] = None,
+    run_name: RunName = None,
     concurrency: Concurrency = 4,
     dask: DaskAddress = None,
     proposer: Proposer = None,
     verifier: Verifier = None,
     reviser: Reviser = None,
-    seed: Annotated[int | None, typer.Option(help="base sampling seed")] = None,
+    seed: SamplingSeed = None,
     database: Database = None,
     as_json: AsJson = False,
 ) -> None:
