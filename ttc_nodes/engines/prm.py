@@ -31,6 +31,56 @@ log = logging.getLogger(__name__)
 NEUTRAL = 0.5  # the score of a step whose judgement position was cut off by truncation
 
 
+def single_token(tokenizer: Any, text: str, role: str) -> int:
+    """The id of `text`, which must be one token for `tokenizer` (a judgement word or a step tag)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise EngineError(f"the {role} token {text!r} is {len(ids)} tokens for this tokenizer; it must be one")
+    return int(ids[0])
+
+
+def keep_tail(
+    ids: list[int], positions: list[int], max_length: int, bos_token_id: int | None
+) -> tuple[list[int], list[int]]:
+    """Cut `ids` to `max_length`, keeping a leading beginning-of-sequence token and the tail (the steps).
+    Positions that fall in the cut part become -1."""
+    if len(ids) <= max_length:
+        return ids, positions
+    head = 1 if ids and ids[0] == bos_token_id else 0
+    dropped = len(ids) - max_length
+    kept = ids[:head] + ids[head + dropped :]
+    return kept, [p - dropped if p >= head + dropped else -1 for p in positions]
+
+
+def tokens_at(
+    tokenizer: Any, text: str, chars: Sequence[int], *, add_special_tokens: bool, uri: str
+) -> tuple[list[int], list[int]]:
+    """Token ids of `text` (tokenized whole, as the model was trained) and, per character position,
+    the index of the token that covers it. Needs a fast tokenizer (character offsets)."""
+    encoding = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    ids = list(encoding["input_ids"])
+    spans = [(start, end, i) for i, (start, end) in enumerate(encoding["offset_mapping"]) if end > start]
+    ends = [end for _, end, _ in spans]
+    found = []
+    for char in chars:
+        k = bisect.bisect_right(ends, char)
+        if k == len(spans) or spans[k][0] > char:
+            raise EngineError(f"{uri}: no token covers character {char} of the PRM input")
+        found.append(spans[k][2])
+    return ids, found
+
+
+def step_tag_text(question: str, steps: Sequence[str], tag: str) -> tuple[str, list[int]]:
+    """Math-Shepherd's input text and the character position of the last character of each tag."""
+    text = f"{question} "
+    ends = []
+    for number, step in enumerate(steps, start=1):
+        text += f"Step {number}: {step} {tag}"
+        ends.append(len(text) - 1)
+        text += "\n"
+    return text, ends
+
+
 class CausalLMPRM:
     """A causal LM read at one position per step: p(good) / (p(good) + p(bad)) of its next token.
 
@@ -71,10 +121,7 @@ class CausalLMPRM:
         self.max_length = max_length or int(getattr(self.model.config, "max_position_embeddings", 4096))
 
     def _single_token(self, text: str, role: str) -> int:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise EngineError(f"the {role} token {text!r} is {len(ids)} tokens for this tokenizer; it must be one")
-        return int(ids[0])
+        return single_token(self.tokenizer, text, role)
 
     def encode(self, question: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
         raise NotImplementedError
@@ -121,30 +168,11 @@ class CausalLMPRM:
         return results
 
     def _fit(self, ids: list[int], positions: list[int]) -> tuple[list[int], list[int], int]:
-        """Cut `ids` to `max_length`, keeping a leading beginning-of-sequence token and the tail.
-        Positions that fall in the cut part become -1."""
-        if len(ids) <= self.max_length:
-            return ids, positions, len(ids)
-        head = 1 if ids and ids[0] == self.tokenizer.bos_token_id else 0
-        dropped = len(ids) - self.max_length
-        kept = ids[:head] + ids[head + dropped :]
-        moved = [p - dropped if p >= head + dropped else -1 for p in positions]
+        kept, moved = keep_tail(ids, positions, self.max_length, self.tokenizer.bos_token_id)
         return kept, moved, len(ids)
 
     def _tokens_at(self, text: str, chars: Sequence[int], *, add_special_tokens: bool) -> tuple[list[int], list[int]]:
-        """Token ids of `text` (tokenized whole, as the model was trained) and, per character
-        position, the index of the token that covers it."""
-        encoding = self.tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
-        ids = list(encoding["input_ids"])
-        spans = [(start, end, i) for i, (start, end) in enumerate(encoding["offset_mapping"]) if end > start]
-        ends = [end for _, end, _ in spans]
-        found = []
-        for char in chars:
-            k = bisect.bisect_right(ends, char)
-            if k == len(spans) or spans[k][0] > char:
-                raise EngineError(f"{self.uri}: no token covers character {char} of the PRM input")
-            found.append(spans[k][2])
-        return ids, found
+        return tokens_at(self.tokenizer, text, chars, add_special_tokens=add_special_tokens, uri=self.uri)
 
 
 class StepTagPRM(CausalLMPRM):
@@ -160,13 +188,7 @@ class StepTagPRM(CausalLMPRM):
 
     def render(self, question: str, steps: Sequence[str]) -> tuple[str, list[int]]:
         """The PRM's input text and the character position of the last character of each tag."""
-        text = f"{question} "
-        ends = []
-        for number, step in enumerate(steps, start=1):
-            text += f"Step {number}: {step} {self.tag}"
-            ends.append(len(text) - 1)
-            text += "\n"
-        return text, ends
+        return step_tag_text(question, steps, self.tag)
 
     def encode(self, question: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
         text, ends = self.render(question, steps)
