@@ -7,7 +7,9 @@ Built-in schemes:
 - `gguf:PATH.gguf` — a GGUF file through transformers (needs the `gguf` and `accelerate` packages).
 - `testbed:NAME` — the checkpoints shipped with the package.
 - `openai:URL[,URL...]#MODEL` — an OpenAI-compatible completions server (see `engines.openai`).
-- `vllm:PATH_OR_NAME` — vLLM's offline engine with prefix caching (see `engines.vllm`; needs vllm installed).
+- `vllm:PATH_OR_NAME` — vLLM's offline engine with prefix caching (see `engines.vllm`; needs vllm installed);
+  as verifier, a PRM on vLLM's pooling runner, `?format=` `value_head`, `step_tag` or `qwen_prm`
+  (see `engines.vllm_prm`).
 - `judge:<proposer URI>` (verifier) — an LLM rating each step (see `engines.judge`).
 
 Common options: `device`, `dtype`, `max_batch`; `chat=1` on an `hf:`/`gguf:` proposer wraps prompts in
@@ -170,21 +172,37 @@ def _openai_proposer(location: str, options: dict[str, str], uri: str) -> Any:
     return OpenAIProposer(base_urls, model, uri=uri, api_key=api_key, **_typed_options(options, known))
 
 
+_VLLM_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "dtype": str,
+    "gpu_memory_utilization": float,
+    "max_model_len": int,
+    "max_num_seqs": int,
+    "block_size": int,
+    "tensor_parallel_size": int,
+    "enforce_eager": _flag,
+}
+
+
 def _vllm_proposer(location: str, options: dict[str, str], uri: str) -> Any:
     from ttc_nodes.engines.vllm import VLLMProposer
 
-    known: dict[str, Callable[[str], Any]] = {
-        "dtype": str,
-        "gpu_memory_utilization": float,
-        "max_model_len": int,
-        "max_num_seqs": int,
-        "block_size": int,
-        "tensor_parallel_size": int,
-        "enforce_eager": _flag,
-        "prefix_caching": _flag,
-        "seed": int,
-    }
+    known: dict[str, Callable[[str], Any]] = {**_VLLM_OPTIONS, "prefix_caching": _flag, "seed": int}
     return VLLMProposer(location, uri=uri, **_typed_options(options, known))
+
+
+def _vllm_verifier(location: str, options: dict[str, str], uri: str) -> Any:
+    from ttc_nodes.engines.vllm_prm import FORMATS, VLLMRewardPRM
+
+    rest = dict(options)
+    layout = rest.pop("format", None)
+    if layout is not None and layout not in FORMATS:
+        raise ValueError(f"unknown PRM format {layout!r} in {uri!r}; known formats: {', '.join(FORMATS)}")
+    own: dict[str, dict[str, Callable[[str], Any]]] = {
+        "step_tag": {"tag": str, "good": str, "bad": str},
+        "qwen_prm": {"system": str},
+    }
+    known = {**_VLLM_OPTIONS, **own.get(layout or "", {})}
+    return VLLMRewardPRM(location, prm_format=layout, uri=uri, **_typed_options(rest, known))
 
 
 def _judge_verifier(location: str, options: dict[str, str], uri: str) -> Any:
@@ -220,3 +238,4 @@ def _ensure_builtin_schemes() -> None:
     _verifier_loaders.setdefault("hf", _hf_verifier)
     _verifier_loaders.setdefault("testbed", _testbed_verifier)
     _verifier_loaders.setdefault("judge", _judge_verifier)
+    _verifier_loaders.setdefault("vllm", _vllm_verifier)
