@@ -23,6 +23,10 @@ def train(
     quick: Annotated[bool, typer.Option(help="Tiny models and few steps (for tests; under a minute).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of every random choice in the recipe.")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads for torch.")] = 2,
+    start: Annotated[
+        str,
+        typer.Option(help="First stage: proposer, samples, prm or reviser (reuses earlier stages' output in --out)."),
+    ] = "proposer",
 ) -> None:
     """Train proposer, PRM (Monte-Carlo rollout labels) and reviser, as the paper does."""
     import torch
@@ -33,7 +37,11 @@ def train(
     torch.set_num_threads(threads)
     target = out or checkpoint_dir()
     started = time.perf_counter()
-    timings = run_training(target, quick=quick, seed=seed)
+    try:
+        timings = run_training(target, quick=quick, seed=seed, start=start)
+    except (FileNotFoundError, ValueError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
     table = Table(title=f"testbed trained into {target}")
     table.add_column("stage")
     table.add_column("seconds", justify="right")

@@ -51,3 +51,31 @@ def test_missing_checkpoint_tells_the_user_to_train(tmp_path, monkeypatch):
         checkpoint_path("proposer")
     with pytest.raises(ValueError, match="unknown testbed model"):
         checkpoint_path("critic")
+
+
+@pytest.mark.slow
+def test_later_stages_reuse_the_saved_proposer_and_training_data(quick_models, tmp_path):
+    import shutil
+
+    from ttc_nodes.testbed.train import DATA_DIR
+
+    out = tmp_path / "models"
+    shutil.copytree(quick_models, out)
+    proposer_bytes = (out / "proposer" / "model.safetensors").read_bytes()
+    prm_before = (out / "prm" / "model.safetensors").read_bytes()
+    (out / "prm" / "model.safetensors").unlink()
+
+    timings = train(out, quick=True, seed=0, start="prm")
+
+    assert set(timings) == {"prm", "reviser"}
+    assert (out / "proposer" / "model.safetensors").read_bytes() == proposer_bytes
+    # Same proposer, same rollout labels, same seed: the PRM comes out exactly as the first time.
+    assert (out / "prm" / "model.safetensors").read_bytes() == prm_before
+    assert (out / DATA_DIR / "samples.json").is_file()
+
+
+def test_a_later_stage_without_earlier_output_or_an_unknown_stage_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="earlier stages"):
+        train(tmp_path, quick=True, start="reviser")
+    with pytest.raises(ValueError, match="unknown stage 'critic'"):
+        train(tmp_path, quick=True, start="critic")

@@ -107,43 +107,66 @@ QUICK_RECIPE = Recipe(
 )
 
 
-def train(out: Path, quick: bool = False, seed: int = 0) -> dict[str, float]:
-    """Train proposer, PRM and reviser into `out/{proposer,prm,reviser}`; returns stage timings."""
+STAGES = ("proposer", "samples", "prm", "reviser")
+DATA_DIR = "training-data"  # sampled answers and rollout labels, kept beside the checkpoints (not shipped)
+
+
+def train(out: Path, quick: bool = False, seed: int = 0, start: str = "proposer") -> dict[str, float]:
+    """Train proposer, PRM and reviser into `out/{proposer,prm,reviser}`; returns stage timings.
+
+    `start` skips the stages before it and reuses what they left in `out`: `samples` keeps the
+    proposer, `prm` also the sampled answers and rollout labels, `reviser` trains the reviser alone.
+    """
+    if start not in STAGES:
+        raise ValueError(f"unknown stage {start!r}; stages: {', '.join(STAGES)}")
     recipe = QUICK_RECIPE if quick else FULL_RECIPE
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    data = out / DATA_DIR
+    data.mkdir(exist_ok=True)
+    first = STAGES.index(start)
     timings: dict[str, float] = {}
     tokenizer = build_tokenizer()
-
-    started = time.perf_counter()
-    proposer = train_proposer(recipe, tokenizer, seed)
-    save(proposer, tokenizer, out / "proposer")
-    timings["proposer"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    engine = HFProposer(str(out / "proposer"), device=DEVICE.type)
     pool = task.problems(recipe.pool_problems, TRAIN_SEED_OFFSET + seed)
-    answers = sample_answers(engine, pool, recipe.pool_samples, recipe.max_tokens, seed)
-    timings["samples"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    labelled = label_prefixes(
-        engine,
-        [
-            (problem, DEFAULT_FORMAT.split_steps(text))
-            for problem, texts in zip(pool, answers, strict=True)
-            for text in texts[: recipe.prm_solutions]
-        ],
-        rollouts=recipe.rollouts,
-        max_tokens=recipe.max_tokens,
-        seed=seed,
-        progress=_progress_callback("MC rollouts"),
-    )
-    timings["rollouts"] = time.perf_counter() - started
-    started = time.perf_counter()
-    prm = train_prm(recipe, tokenizer, proposer, labelled, seed)
-    save(prm, tokenizer, out / "prm")
-    timings["prm"] = time.perf_counter() - started
+    if first == 0:
+        save(train_proposer(recipe, tokenizer, seed), tokenizer, out / "proposer")
+        timings["proposer"] = time.perf_counter() - started
+    # Later stages start from the saved (float16) proposer, so a restart at any stage trains the same.
+    proposer = _load_saved(out / "proposer")
+
+    if first <= 1:
+        started = time.perf_counter()
+        engine = HFProposer(str(out / "proposer"), device=DEVICE.type)
+        answers = sample_answers(engine, pool, recipe.pool_samples, recipe.max_tokens, seed)
+        _write_json(data / "samples.json", answers)
+        timings["samples"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        labelled = label_prefixes(
+            engine,
+            [
+                (problem, DEFAULT_FORMAT.split_steps(text))
+                for problem, texts in zip(pool, answers, strict=True)
+                for text in texts[: recipe.prm_solutions]
+            ],
+            rollouts=recipe.rollouts,
+            max_tokens=recipe.max_tokens,
+            seed=seed,
+            progress=_progress_callback("MC rollouts"),
+        )
+        _write_json(data / "rollouts.json", labelled)
+        timings["rollouts"] = time.perf_counter() - started
+    else:
+        answers = _read_json(data / "samples.json", len(pool))
+
+    if first <= 2:
+        started = time.perf_counter()
+        if first == 2:
+            labelled = [tuple(row) for row in _read_json(data / "rollouts.json")]
+        prm = train_prm(recipe, tokenizer, proposer, labelled, seed)
+        save(prm, tokenizer, out / "prm")
+        timings["prm"] = time.perf_counter() - started
 
     started = time.perf_counter()
     examples = revision_examples(
@@ -155,6 +178,27 @@ def train(out: Path, quick: bool = False, seed: int = 0) -> dict[str, float]:
     save(reviser, tokenizer, out / "reviser")
     timings["reviser"] = time.perf_counter() - started
     return timings
+
+
+def _load_saved(directory: Path) -> torch.nn.Module:
+    from transformers import LlamaForCausalLM
+
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"no trained model at {directory}: run the earlier stages first")
+    return LlamaForCausalLM.from_pretrained(directory, local_files_only=True, dtype=torch.float32).to(DEVICE).eval()
+
+
+def _write_json(path: Path, value: object) -> None:
+    path.write_text(json.dumps(value))
+
+
+def _read_json(path: Path, expected: int | None = None) -> list:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the stages before this one first")
+    value = json.loads(path.read_text())
+    if expected is not None and len(value) != expected:
+        raise ValueError(f"{path} holds {len(value)} entries, the recipe expects {expected}: rerun the earlier stages")
+    return value
 
 
 # --------------------------------------------------------------------------------------- proposer
@@ -198,16 +242,25 @@ def fit_causal_lm(
     name: str,
 ) -> None:
     """Next-token training on (prompt, target) pairs; the loss counts target tokens only."""
+
+    def loss_of(pairs: list[tuple[str, str]]) -> torch.Tensor:
+        input_ids, labels, mask = encode_pairs(tokenizer, pairs)
+        return model(input_ids=input_ids.to(DEVICE), attention_mask=mask.to(DEVICE), labels=labels.to(DEVICE)).loss
+
+    optimise(model, map(loss_of, batches), steps, lr, name)
+
+
+def optimise(model: torch.nn.Module, losses: Iterator[torch.Tensor], steps: int, lr: float, name: str) -> None:
+    """AdamW with warm-up and cosine decay over `steps` losses (each computed lazily, one per batch),
+    gradients clipped at 1; a progress bar shows the running loss."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     schedule = warmup_cosine(steps)
     model.train()
     with _progress() as progress:
         bar = progress.add_task(name, total=steps, loss=float("nan"))
-        for step, pairs in enumerate(batches):
-            input_ids, labels, mask = encode_pairs(tokenizer, pairs)
+        for step, loss in enumerate(losses):
             for group in optimizer.param_groups:
                 group["lr"] = lr * schedule(step)
-            loss = model(input_ids=input_ids.to(DEVICE), attention_mask=mask.to(DEVICE), labels=labels.to(DEVICE)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -277,38 +330,29 @@ def train_prm(recipe: Recipe, tokenizer, proposer, labelled, seed: int) -> torch
         ids, positions = prm_inputs(tokenizer, question, steps)
         rows.append((ids, positions, labels))
     rng = random.Random(f"prm-{seed}")
-    steps_total = recipe.prm_epochs * math.ceil(len(rows) / recipe.prm_batch)
-    optimizer = torch.optim.AdamW(prm.parameters(), lr=recipe.prm_lr, weight_decay=0.01)
-    schedule = warmup_cosine(steps_total)
-    prm.train()
-    step = 0
-    with _progress() as progress:
-        bar = progress.add_task("PRM", total=steps_total, loss=float("nan"))
+
+    def batches() -> Iterator[list[tuple[list[int], list[int], list[float]]]]:
         for _ in range(recipe.prm_epochs):
             rng.shuffle(rows)
             for start in range(0, len(rows), recipe.prm_batch):
-                batch = rows[start : start + recipe.prm_batch]
-                width = max(len(ids) for ids, _, _ in batch)
-                input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                targets = torch.full((len(batch), width), -1.0)
-                for row, (ids, positions, labels) in enumerate(batch):
-                    input_ids[row, : len(ids)] = torch.tensor(ids)
-                    mask[row, : len(ids)] = 1
-                    targets[row, positions] = torch.tensor(labels, dtype=torch.float)
-                logits = prm(input_ids=input_ids.to(DEVICE), attention_mask=mask.to(DEVICE)).logits[..., 0]
-                targets = targets.to(DEVICE)
-                scored = targets >= 0
-                loss = F.binary_cross_entropy_with_logits(logits[scored], targets[scored])
-                for group in optimizer.param_groups:
-                    group["lr"] = recipe.prm_lr * schedule(step)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(prm.parameters(), 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                progress.update(bar, advance=1, loss=loss.item())
-    prm.eval()
+                yield rows[start : start + recipe.prm_batch]
+
+    def loss_of(batch: list[tuple[list[int], list[int], list[float]]]) -> torch.Tensor:
+        width = max(len(ids) for ids, _, _ in batch)
+        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        targets = torch.full((len(batch), width), -1.0)
+        for row, (ids, positions, labels) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+            targets[row, positions] = torch.tensor(labels, dtype=torch.float)
+        logits = prm(input_ids=input_ids.to(DEVICE), attention_mask=mask.to(DEVICE)).logits[..., 0]
+        targets = targets.to(DEVICE)
+        scored = targets >= 0
+        return F.binary_cross_entropy_with_logits(logits[scored], targets[scored])
+
+    steps_total = recipe.prm_epochs * math.ceil(len(rows) / recipe.prm_batch)
+    optimise(prm, map(loss_of, batches()), steps_total, recipe.prm_lr, "PRM")
     return prm
 
 
