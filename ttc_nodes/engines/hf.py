@@ -49,7 +49,7 @@ def _check_path(path: str) -> Path:
     return location
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     # Weight-loading progress bars would interleave with our own progress display on stderr.
     from transformers.utils import logging as hf_logging
 
@@ -59,7 +59,7 @@ def _quiet_transformers() -> None:
 def _load_tokenizer(location: Path, gguf_file: str | None) -> Any:
     from transformers import AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=True, gguf_file=gguf_file)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

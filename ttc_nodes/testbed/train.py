@@ -28,7 +28,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.nn import functional as F
 
-from ttc_nodes.engines.hf import HFProposer, prm_inputs
+from ttc_nodes.engines.hf import HFProposer, prm_inputs, quiet_transformers
 from ttc_nodes.prompts import DEFAULT_FORMAT
 from ttc_nodes.testbed import task
 from ttc_nodes.testbed.model import (
@@ -71,9 +71,9 @@ class Recipe:
 
 FULL_RECIPE = Recipe(
     size=FULL,
-    proposer_steps=900,
+    proposer_steps=2200,
     proposer_batch=32,
-    proposer_lr=1.5e-3,
+    proposer_lr=2e-3,
     slip_rate=task.SLIP_RATE,
     pool_problems=256,
     pool_samples=16,
@@ -183,6 +183,7 @@ def train(out: Path, quick: bool = False, seed: int = 0, start: str = "proposer"
 def _load_saved(directory: Path) -> torch.nn.Module:
     from transformers import LlamaForCausalLM
 
+    quiet_transformers()
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"no trained model at {directory}: run the earlier stages first")
     return LlamaForCausalLM.from_pretrained(directory, local_files_only=True, dtype=torch.float32).to(DEVICE).eval()
@@ -385,6 +386,7 @@ def train_reviser(recipe: Recipe, tokenizer, proposer, examples, seed: int) -> t
 
 def save(model: torch.nn.Module, tokenizer, directory: Path) -> None:
     """Standard `save_pretrained` in float16 (small enough to ship), with the tokenizer."""
+    quiet_transformers()
     copy.deepcopy(model).to(torch.float16).save_pretrained(directory)
     # transformers 5 writes `dtype`; vLLM builds pinned to older transformers read `torch_dtype`.
     config_file = directory / "config.json"
