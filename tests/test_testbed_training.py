@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ttc_nodes.engines.hf import HFProposer, HFValueHeadPRM
@@ -9,7 +11,7 @@ from ttc_nodes.engines.uris import load_proposer, load_verifier
 from ttc_nodes.prompts import DEFAULT_FORMAT
 from ttc_nodes.testbed import task
 from ttc_nodes.testbed.checkpoints import checkpoint_path
-from ttc_nodes.testbed.train import train
+from ttc_nodes.testbed.train import QUICK_RECIPE, train
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +40,10 @@ def test_quick_training_writes_checkpoints_the_engines_load(quick_models, monkey
         [DEFAULT_FORMAT.revision(problem.question, ["1 + 1 = \\boxed{2}"])], 1, max_tokens=8, temperature=1.0
     )
     assert len(revised) == 1
+
+    manifest = json.loads((quick_models / "training.json").read_text())
+    assert manifest["seed"] == 0 and manifest["recipe"]["proposer_steps"] == QUICK_RECIPE.proposer_steps
+    assert set(manifest["seconds"]) == {"proposer", "samples", "rollouts", "prm", "reviser"}
 
     monkeypatch.setenv("TTC_TESTBED_DIR", str(quick_models))
     assert checkpoint_path("prm") == quick_models / "prm"

@@ -21,7 +21,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -177,7 +177,30 @@ def train(out: Path, quick: bool = False, seed: int = 0, start: str = "proposer"
     reviser = train_reviser(recipe, tokenizer, proposer, examples, seed)
     save(reviser, tokenizer, out / "reviser")
     timings["reviser"] = time.perf_counter() - started
+    write_manifest(out, recipe, seed, start, timings)
     return timings
+
+
+def write_manifest(out: Path, recipe: Recipe, seed: int, start: str, timings: dict[str, float]) -> None:
+    """`out/training.json`: how the checkpoints in `out` were made (recipe, seed, stage times, versions)."""
+    import platform
+
+    import transformers
+
+    manifest = {
+        "command": "ttc testbed train" + (f" --start {start}" if start != STAGES[0] else ""),
+        "recipe": asdict(recipe),
+        "seed": seed,
+        "device": DEVICE.type,
+        "torch_threads": torch.get_num_threads(),
+        "seconds": {stage: round(value, 1) for stage, value in timings.items()},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+    }
+    (out / "training.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def _load_saved(directory: Path) -> torch.nn.Module:
