@@ -9,7 +9,10 @@
 4. reviser: a copy of the proposer learns to write a correct answer with 0..4 wrong answers of the
    same question in its context (see `trajectories.py`).
 
-`train(out, quick, seed)` runs them in order and writes `out/{proposer,prm,reviser}/`.
+`train(out, quick, seed, start)` runs them in order and writes `out/{proposer,prm,reviser}/`, the
+sampled answers and rollout labels in `out/training-data/` and the recipe, seed and stage times in
+`out/training.json`; `start` resumes at a later stage from what the earlier ones left. On 2 CPU
+cores the full recipe takes about 18 minutes, most of it the proposer (8) and the rollouts (5).
 """
 
 from __future__ import annotations
@@ -82,9 +85,9 @@ FULL_RECIPE = Recipe(
     prm_epochs=4,
     prm_batch=32,
     prm_lr=1e-3,
-    reviser_steps=200,
+    reviser_steps=400,
     reviser_batch=16,
-    reviser_lr=5e-4,
+    reviser_lr=1e-3,
     max_tokens=192,
 )
 QUICK_RECIPE = Recipe(
