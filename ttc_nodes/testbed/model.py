@@ -7,6 +7,7 @@ size 32), saved with their tokenizer so `AutoTokenizer` / `AutoModel*.from_pretr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models
@@ -49,8 +50,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def llama_config(size: ModelSize, tokenizer: PreTrainedTokenizerFast, **extra: object) -> LlamaConfig:
-    return LlamaConfig(
+def llama_config(size: ModelSize, tokenizer: PreTrainedTokenizerFast, **extra: Any) -> LlamaConfig:
+    settings: dict[str, Any] = dict(
         vocab_size=len(tokenizer),
         hidden_size=size.hidden,
         num_hidden_layers=size.layers,
@@ -63,8 +64,8 @@ def llama_config(size: ModelSize, tokenizer: PreTrainedTokenizerFast, **extra: o
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **extra,
     )
+    return LlamaConfig(**settings, **extra)
 
 
 def new_causal_lm(size: ModelSize, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:

@@ -162,7 +162,9 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 
 
 def prm_section(problems, steps, scores, labelled, rollout_problems) -> dict:
-    flat_scores, prefix_ok, arithmetic_ok = [], [], []
+    flat_scores: list[float] = []
+    prefix_ok: list[bool] = []
+    arithmetic_ok: list[bool] = []
     for problem, solutions, solution_scores in zip(problems, steps, scores, strict=True):
         for solution, step_scores in zip(solutions, solution_scores, strict=True):
             if not solution:
@@ -244,7 +246,7 @@ def _answer(text: str) -> str | None:
 def revision_chains(reviser: HFProposer, problems, settings: ReportSettings) -> np.ndarray:
     """Correctness [problem, chain, position] of revision chains; each revision sees the chain's
     most recent (up to 4) answers."""
-    chains = [(p, []) for p in problems for _ in range(settings.chains)]
+    chains: list[tuple[task.ArithProblem, list[str]]] = [(p, []) for p in problems for _ in range(settings.chains)]
     hits = np.zeros((len(problems), settings.chains, settings.chain_length), dtype=bool)
     for position in range(settings.chain_length):
         prompts = [DEFAULT_FORMAT.revision(p.question, history) for p, history in chains]

@@ -26,9 +26,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from torch.nn import functional as F
 
 from ttc_nodes.engines.hf import HFProposer, prm_inputs, quiet_transformers
@@ -212,7 +213,7 @@ def _load_saved(directory: Path) -> torch.nn.Module:
     quiet_transformers()
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"no trained model at {directory}: run the earlier stages first")
-    return LlamaForCausalLM.from_pretrained(directory, local_files_only=True, dtype=torch.float32).to(DEVICE).eval()
+    return on_device(LlamaForCausalLM.from_pretrained(directory, local_files_only=True, dtype=torch.float32)).eval()
 
 
 def _write_json(path: Path, value: object) -> None:
@@ -253,7 +254,7 @@ def proposer_batches(recipe: Recipe, eos: str, seed: int) -> Iterator[list[tuple
 
 
 def train_proposer(recipe: Recipe, tokenizer, seed: int) -> torch.nn.Module:
-    model = new_causal_lm(recipe.size, tokenizer, seed).to(DEVICE)
+    model = on_device(new_causal_lm(recipe.size, tokenizer, seed))
     log.info("proposer: %d parameters", parameter_count(model))
     batches = proposer_batches(recipe, tokenizer.eos_token, seed)
     fit_causal_lm(model, tokenizer, batches, recipe.proposer_steps, recipe.proposer_lr, "proposer")
@@ -351,7 +352,7 @@ def sample_answers(
 
 def train_prm(recipe: Recipe, tokenizer, proposer, labelled, seed: int) -> torch.nn.Module:
     """BCE on soft Monte-Carlo labels, read at each step's last separator token (as `prm_inputs`)."""
-    prm = prm_from_proposer(proposer, seed).to(DEVICE)
+    prm = on_device(prm_from_proposer(proposer, seed))
     rows = []
     for question, steps, labels in labelled:
         ids, positions = prm_inputs(tokenizer, question, steps)
@@ -388,7 +389,7 @@ def train_prm(recipe: Recipe, tokenizer, proposer, labelled, seed: int) -> torch
 
 def train_reviser(recipe: Recipe, tokenizer, proposer, examples, seed: int) -> torch.nn.Module:
     """A copy of the proposer fine-tuned on (revision prompt with wrong attempts → correct answer)."""
-    reviser = new_causal_lm(recipe.size, tokenizer, seed).to(DEVICE)
+    reviser = on_device(new_causal_lm(recipe.size, tokenizer, seed))
     reviser.load_state_dict(proposer.state_dict())
     pairs = [
         (DEFAULT_FORMAT.revision(question, attempts), target + tokenizer.eos_token)
@@ -410,7 +411,12 @@ def train_reviser(recipe: Recipe, tokenizer, proposer, examples, seed: int) -> t
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def save(model: torch.nn.Module, tokenizer, directory: Path) -> None:
+def on_device(model: Any) -> Any:
+    """The model moved to the training device."""
+    return model.to(DEVICE)
+
+
+def save(model: Any, tokenizer, directory: Path) -> None:
     """Standard `save_pretrained` in float16 (small enough to ship), with the tokenizer."""
     quiet_transformers()
     copy.deepcopy(model).to(torch.float16).save_pretrained(directory)
@@ -435,7 +441,7 @@ def _progress() -> Progress:
 
 def _progress_callback(name: str) -> Callable[[int, int], None]:
     progress = _progress()
-    state: dict[str, int] = {}
+    state: dict[str, TaskID] = {}
 
     def update(done: int, total: int) -> None:
         if "bar" not in state:
