@@ -22,7 +22,7 @@ from ttc_nodes.answers import extract_answer
 from ttc_nodes.engines.hf import HFProposer, HFValueHeadPRM
 from ttc_nodes.prompts import DEFAULT_FORMAT
 from ttc_nodes.testbed import task
-from ttc_nodes.testbed.checkpoints import checkpoint_dir
+from ttc_nodes.testbed.checkpoints import SHIPPED, checkpoint_dir
 from ttc_nodes.testbed.rollouts import label_prefixes, reaches
 
 REPORT_SEED = 99  # held out: training draws its problems from seeds of a million and more
@@ -88,7 +88,7 @@ def build_report(settings: ReportSettings, models: Path | None = None) -> dict[s
 
     return {
         "settings": asdict(settings),
-        "models": str(models),
+        "models": "shipped" if models == SHIPPED else str(models),
         "proposer": proposer_section(problems, pass_at_1, bins),
         "prm": prm_section(problems, steps, scores, labelled, rollout_problems),
         "best_of_n": best_of_n_section(pool, scores, correct, bins, settings),
