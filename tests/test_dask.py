@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from db import connect, queries
 from flows.cli import app
+from tests.data_fixtures import write_tiny_gsm8k
 
 pytestmark = pytest.mark.slow
 
@@ -49,13 +50,7 @@ def cluster() -> Iterator[LocalCluster]:
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> str:
-    lines = [
-        {"question": f"Tom has {a} apples and buys {b} more. How many?", "answer": f"{a}+{b}\n#### {a + b}"}
-        for a, b in [(1, 2), (2, 1), (3, 0)]
-    ]
-    path = tmp_path / "tiny_gsm8k.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return f"jsonl:{path}"
+    return write_tiny_gsm8k(tmp_path)
 
 
 def worker_record(client: Client) -> dict[str, Any]:

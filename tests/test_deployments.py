@@ -30,6 +30,7 @@ from prefect.flows import load_flow_from_entrypoint
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from db import connect, queries
+from tests.data_fixtures import write_tiny_gsm8k
 
 pytestmark = pytest.mark.slow
 
@@ -138,13 +139,7 @@ def served(prefect_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> str:
-    lines = [
-        {"question": f"Tom has {a} apples and buys {b} more. How many?", "answer": f"{a}+{b}\n#### {a + b}"}
-        for a, b in [(1, 2), (2, 1), (3, 0)]
-    ]
-    path = tmp_path / "tiny_gsm8k.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return f"jsonl:{path}"
+    return write_tiny_gsm8k(tmp_path)
 
 
 @pytest.fixture

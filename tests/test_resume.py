@@ -4,7 +4,6 @@ is restarted in place; nothing is duplicated and no trace row is left behind."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from db import connect, queries
 from db.models import Candidate, Problem, Run, Score, Solve, Step
+from tests.data_fixtures import write_tiny_gsm8k
 
 pytestmark = pytest.mark.slow
 
@@ -44,17 +44,11 @@ def prefect_api() -> Iterator[str]:
 
 @pytest.fixture
 def command(tmp_path: Path, tiny_lm: Path, tiny_prm: Path, database_url: str) -> list[str]:
-    lines = [
-        {"question": f"Tom has {a} apples and buys {b} more. How many?", "answer": f"{a}+{b}\n#### {a + b}"}
-        for a, b in [(1, 2), (2, 1), (3, 0), (1, 1), (2, 2), (0, 3)][:PROMPTS]
-    ]
-    dataset = tmp_path / "tiny_gsm8k.jsonl"
-    dataset.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return [
         TTC_SCRIPT,
         "evaluate",
         "--dataset",
-        f"jsonl:{dataset}",
+        write_tiny_gsm8k(tmp_path, PROMPTS),
         "--strategy",
         "best_of_n_weighted",
         "--budget",
