@@ -30,22 +30,15 @@ import torch  # noqa: E402
 from tests.model_fixtures import build_tokenizer, save_tiny_model  # noqa: E402
 from ttc_nodes.engines import load_proposer  # noqa: E402
 
+# The main suite's tiny models (`tiny_lm`, `tiny_prm`) as the same session fixtures.
+pytest_plugins = ["tests.model_fixtures"]
+
 # vLLM's CPU worker makes torch.set_num_threads a no-op once it has started, so set it first.
 torch.set_num_threads(1)
 
 # float32 on both engines, so greedy decoding picks the same tokens; block_size=32 (the smallest
 # the CPU attention kernel takes) lets the short test prompts fill whole, cacheable blocks.
 VLLM_OPTIONS = "dtype=float32&max_model_len=512&enforce_eager=1&block_size=32"
-
-
-@pytest.fixture(scope="session")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-lm"), classifier=False)
-
-
-@pytest.fixture(scope="session")
-def tiny_prm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-prm"), classifier=True, seed=1)
 
 
 # What the answering model writes after each token: a first step "1+2", then "\\boxed{3}" and the end.
