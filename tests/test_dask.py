@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ from typer.testing import CliRunner
 from db import connect, queries
 from flows.cli import app
 from tests.data_fixtures import write_tiny_gsm8k
+from tests.processes import start, stop
 
 pytestmark = pytest.mark.slow
 
@@ -101,14 +100,7 @@ def test_ttc_serve_with_dask_runs_the_served_flow_runs_tasks_on_the_cluster(
     command = [str(Path(sys.executable).parent / "ttc"), "serve", "--name", "on-dask"]
     environment = {**os.environ, "PREFECT_API_URL": prefect_api, "OMP_NUM_THREADS": "1"}
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        served = subprocess.Popen(
-            [*command, "--dask", cluster.scheduler_address],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=environment,
-            start_new_session=True,
-        )
+    served = start([*command, "--dask", cluster.scheduler_address], environment, log)
     try:
         with get_client(sync_client=True) as prefect:
             deadline = time.monotonic() + 120
@@ -137,13 +129,7 @@ def test_ttc_serve_with_dask_runs_the_served_flow_runs_tasks_on_the_cluster(
             )
             after = worker_record(client)
     finally:
-        if served.poll() is None:
-            os.killpg(served.pid, signal.SIGTERM)
-            try:
-                served.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(served.pid, signal.SIGKILL)
-                served.wait(timeout=20)
+        stop(served)
 
     assert flow_run.state is not None and flow_run.state.is_completed(), f"{flow_run.state}\n{log.read_text()[-3000:]}"
     with connect(database_url)() as session:

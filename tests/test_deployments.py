@@ -9,8 +9,6 @@ import inspect
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,43 +29,13 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from db import connect, queries
 from tests.data_fixtures import write_tiny_gsm8k
+from tests.processes import free_port, start, stop, tail, wait_for_http
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 PLAN = {"strategy": "best_of_n_weighted", "budget": 2, "settings": {"max_answer_tokens": 12}}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """End a process started in its own session, with everything it started."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=20)
-
-
-def tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-3000:] if path.exists() else ""
-
-
-def start(
-    command: list[str], environment: dict[str, str], log: Path, cwd: Path | None = None
-) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=environment, cwd=cwd, start_new_session=True
-        )
 
 
 @pytest.fixture(scope="module")
@@ -91,15 +59,7 @@ def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], environment, log
         )
         try:
-            deadline = time.monotonic() + 120
-            while server.poll() is None and time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.5)
-            else:
+            if not wait_for_http(server, f"http://127.0.0.1:{port}/api/health", 120):
                 if server.poll() is None:
                     pytest.fail(f"the Prefect server did not answer within 120 s:\n{tail(log)}")
                 continue

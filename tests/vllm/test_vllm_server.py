@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from db import queries
@@ -26,6 +24,7 @@ from db.session import connect
 from flows.config import ModelSettings
 from flows.solving import solve_question
 from graphs.runner import SolveError, StepEvent
+from tests.processes import free_port, tail, wait_for_http
 from ttc_nodes.engines import TransientEngineError, load_proposer
 
 pytestmark = pytest.mark.server
@@ -46,12 +45,6 @@ class Server:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -83,21 +76,10 @@ def server(tiny_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def wait_until_ready(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
+    if not wait_for_http(server.process, f"{server.base_url}/models", START_TIMEOUT):
         if server.process.poll() is not None:
             pytest.fail(f"the vLLM server exited with {server.process.returncode}:\n{tail(server.log)}")
-        try:
-            if httpx.get(f"{server.base_url}/models", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"the vLLM server did not answer within {START_TIMEOUT:.0f} s:\n{tail(server.log)}")
-
-
-def tail(log: Path, lines: int = 40) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        pytest.fail(f"the vLLM server did not answer within {START_TIMEOUT:.0f} s:\n{tail(server.log)}")
 
 
 def engine_uri(server: Server, **options: object) -> str:
