@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from ttc_nodes.answers import extract_answer
-from ttc_nodes.engines.hf import HFProposer, HFValueHeadPRM
+from ttc_nodes.engines.hf import HFValueHeadPRM
 from ttc_nodes.prompts import DEFAULT_FORMAT
 from ttc_nodes.testbed import task
 from ttc_nodes.testbed.checkpoints import SHIPPED, checkpoint_dir
 from ttc_nodes.testbed.rollouts import label_prefixes, reaches
+from ttc_nodes.testbed.sampler import CachedSampler
 
 REPORT_SEED = 99  # held out: training draws its problems from seeds of a million and more
 BINS = 5
@@ -48,9 +49,11 @@ def build_report(settings: ReportSettings, models: Path | None = None) -> dict[s
     models = models or checkpoint_dir()
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    proposer = HFProposer(str(models / "proposer"), device="cpu")
+    from ttc_nodes.testbed.train import load_sampler
+
+    proposer = load_sampler(models / "proposer")
     prm = HFValueHeadPRM(str(models / "prm"), device="cpu")
-    reviser = HFProposer(str(models / "reviser"), device="cpu")
+    reviser = load_sampler(models / "reviser")
     timings["load"] = time.perf_counter() - started
     problems = task.problems(settings.problems, REPORT_SEED)
 
@@ -243,7 +246,7 @@ def _answer(text: str) -> str | None:
 # -------------------------------------------------------------------------------------- reviser
 
 
-def revision_chains(reviser: HFProposer, problems, settings: ReportSettings) -> np.ndarray:
+def revision_chains(reviser: CachedSampler, problems, settings: ReportSettings) -> np.ndarray:
     """Correctness [problem, chain, position] of revision chains; each revision sees the chain's
     most recent (up to 4) answers."""
     chains: list[tuple[task.ArithProblem, list[str]]] = [(p, []) for p in problems for _ in range(settings.chains)]

@@ -32,7 +32,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from torch.nn import functional as F
 
-from ttc_nodes.engines.hf import HFProposer, prm_inputs, quiet_transformers
+from ttc_nodes.engines.hf import prm_inputs, quiet_transformers
 from ttc_nodes.prompts import DEFAULT_FORMAT
 from ttc_nodes.testbed import task
 from ttc_nodes.testbed.model import (
@@ -45,6 +45,7 @@ from ttc_nodes.testbed.model import (
     prm_from_proposer,
 )
 from ttc_nodes.testbed.rollouts import label_prefixes, reaches
+from ttc_nodes.testbed.sampler import CachedSampler
 from ttc_nodes.testbed.trajectories import revision_examples
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def train(out: Path, quick: bool = False, seed: int = 0, start: str = "proposer"
 
     if first <= 1:
         started = time.perf_counter()
-        engine = HFProposer(str(out / "proposer"), device=DEVICE.type)
+        engine = CachedSampler(proposer, tokenizer)
         answers = sample_answers(engine, pool, recipe.pool_samples, recipe.max_tokens, seed)
         _write_json(data / "samples.json", answers)
         timings["samples"] = time.perf_counter() - started
@@ -214,6 +215,14 @@ def _load_saved(directory: Path) -> torch.nn.Module:
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"no trained model at {directory}: run the earlier stages first")
     return on_device(LlamaForCausalLM.from_pretrained(directory, local_files_only=True, dtype=torch.float32)).eval()
+
+
+def load_sampler(directory: Path) -> CachedSampler:
+    """A fast sampler over a saved testbed causal LM (its tokenizer saved beside it)."""
+    from transformers import AutoTokenizer
+
+    model = _load_saved(directory)
+    return CachedSampler(model, AutoTokenizer.from_pretrained(directory, local_files_only=True))
 
 
 def _write_json(path: Path, value: object) -> None:
@@ -331,7 +340,7 @@ def warmup_cosine(steps: int, warmup_fraction: float = 0.05, floor: float = 0.1)
 
 
 def sample_answers(
-    engine: HFProposer, problems: Sequence[task.ArithProblem], n: int, max_tokens: int, seed: int
+    engine: CachedSampler, problems: Sequence[task.ArithProblem], n: int, max_tokens: int, seed: int
 ) -> list[list[str]]:
     """`n` full answers per problem, sampled at temperature 1."""
     answers: list[list[str]] = []
