@@ -88,3 +88,12 @@ def test_bad_requests_are_refused(sampler):
         sampler.generate(["x" * 2000], 1, max_tokens=4, temperature=1.0)
     with pytest.raises(ValueError, match="max_batch"):
         CachedSampler(sampler.model, sampler.tokenizer, max_batch=0)
+
+
+def test_prompts_read_a_few_rows_at_a_time_give_the_same_answers(sampler, prompts, monkeypatch):
+    from ttc_nodes.testbed import sampler as module
+
+    whole = sampler.generate(prompts, 1, max_tokens=40, temperature=0.0)
+    monkeypatch.setattr(module, "PREFILL_SCORES", 1)  # one row per prefill pass
+    chunked = sampler.generate(prompts, 1, max_tokens=40, temperature=0.0)
+    assert [row[0].text for row in chunked] == [row[0].text for row in whole]

@@ -78,6 +78,11 @@ def test_later_stages_reuse_the_saved_proposer_and_training_data(quick_models, t
     # Same proposer, same rollout labels, same seed: the PRM comes out exactly as the first time.
     assert (out / "prm" / "model.safetensors").read_bytes() == prm_before
     assert (out / DATA_DIR / "samples.json").is_file()
+    manifest = json.loads((out / "training.json").read_text())
+    assert manifest["command"] == "ttc testbed train --start prm"
+    assert set(manifest["seconds"]) == {"prm", "reviser"}
+    # The run that made the reused proposer, answers and labels stays on record.
+    assert set(manifest["earlier_run"]["seconds"]) == {"proposer", "samples", "rollouts", "prm", "reviser"}
 
 
 def test_a_later_stage_without_earlier_output_or_an_unknown_stage_is_refused(tmp_path):

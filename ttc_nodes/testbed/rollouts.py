@@ -6,13 +6,22 @@ right answer. All prefixes of a batch of solutions go to the engine in one `gene
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from ttc_nodes.answers import extract_answer
-from ttc_nodes.engines.base import Proposer
+from ttc_nodes.engines.base import Completion
 from ttc_nodes.prompts import DEFAULT_FORMAT
 from ttc_nodes.testbed.task import ArithProblem
 
 Labelled = tuple[str, list[str], list[float]]  # (question, steps, one label per step)
+
+
+class Sampler(Protocol):
+    """What rollouts need of an engine: any `Proposer`, or the testbed's `CachedSampler`."""
+
+    def generate(
+        self, prompts: Sequence[str], n: int, *, max_tokens: int, temperature: float, seed: int | None = None
+    ) -> list[list[Completion]]: ...
 
 
 def reaches(text: str, reference: str) -> bool:
@@ -27,7 +36,7 @@ def mc_labels(outcomes: Sequence[Sequence[bool]]) -> list[float]:
 
 
 def label_prefixes(
-    engine: Proposer,
+    engine: Sampler,
     solutions: Sequence[tuple[ArithProblem, list[str]]],
     *,
     rollouts: int,

@@ -20,6 +20,8 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from ttc_nodes.engines.base import Completion
 
+PREFILL_SCORES = 16_000_000  # attention scores computed at once while reading prompts (64 MB in float32)
+
 
 class CachedSampler:
     """Ancestral sampling (or greedy at temperature 0) from a `LlamaForCausalLM`."""
@@ -81,9 +83,15 @@ class CachedSampler:
         # Prefill: the whole prompt at once, causal within it and blind to left padding.
         positions = (torch.arange(width, device=device)[None, :] - (width - lengths)[:, None]).clamp(min=0)
         causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
-        mask = causal[None, None] & key_valid[:, None, None, :width]
-        mask |= torch.eye(width, dtype=torch.bool, device=device)[None, None]  # padding rows attend to themselves
-        logits = self._forward(ids, positions, keys, values, 0, mask)[:, -1]
+        diagonal = torch.eye(width, dtype=torch.bool, device=device)  # padding rows attend to themselves
+        # A few rows at a time: the attention scores of a long prompt grow with its width squared.
+        chunk = max(1, PREFILL_SCORES // (width * width * self.heads))
+        last = []
+        for first in range(0, batch, chunk):
+            rows = slice(first, first + chunk)
+            mask = (causal[None, None] & key_valid[rows, None, None, :width]) | diagonal[None, None]
+            last.append(self._forward(ids[rows], positions[rows], keys[:, rows], values[:, rows], 0, mask)[:, -1])
+        logits = torch.cat(last)
 
         alive = torch.arange(batch, device=device)  # original row of each row still in the batch
         finished = torch.zeros(batch, dtype=torch.bool, device=device)  # rows past their end-of-sequence
@@ -106,17 +114,16 @@ class CachedSampler:
             # Dropping rows copies the cache, so wait until an eighth of the batch has finished.
             if done >= max(1, len(alive) // 8):
                 keep = (~finished).nonzero()[:, 0]
-                alive, chosen, next_positions, finished = alive[keep], chosen[keep], next_positions[keep], finished[keep]
-                keys, values, key_valid = keys[:, keep], values[:, keep], key_valid[keep]
+                alive, chosen, finished = alive[keep], chosen[keep], finished[keep]
+                next_positions, key_valid = next_positions[keep], key_valid[keep]
+                keys, values = keys[:, keep], values[:, keep]
             slot = width + step
             key_valid[:, slot] = True
             mask = key_valid[:, None, None, : slot + 1]
             logits = self._forward(chosen[:, None], next_positions[:, None], keys, values, slot, mask)[:, -1]
             next_positions = next_positions + 1
 
-        return [
-            self._completion(generated[row], float(logprobs[row]), int(lengths[row])) for row in range(batch)
-        ]
+        return [self._completion(generated[row], float(logprobs[row]), int(lengths[row])) for row in range(batch)]
 
     def _forward(
         self,
