@@ -47,8 +47,8 @@ def test_sampled_logprobs_equal_a_full_forward_pass(sampler, prompts):
     tokenizer, model = sampler.tokenizer, sampler.model
     checked = 0
     for prompt, completions in zip(prompts[::3], rows, strict=True):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         for completion in completions:
-            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             answer_ids = tokenizer(completion.text, add_special_tokens=False)["input_ids"]
             if completion.finish_reason == "stop":
                 answer_ids.append(tokenizer.eos_token_id)

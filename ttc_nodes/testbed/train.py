@@ -158,7 +158,7 @@ def train(out: Path, quick: bool = False, seed: int = 0, start: str = "proposer"
             engine,
             [
                 (problem, DEFAULT_FORMAT.split_steps(text))
-                for problem, texts in zip(pool[: recipe.prm_problems], answers, strict=False)
+                for problem, texts in zip(pool[: recipe.prm_problems], answers[: recipe.prm_problems], strict=True)
                 for text in texts[: recipe.prm_solutions]
             ],
             rollouts=recipe.rollouts,
