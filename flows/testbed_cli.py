@@ -27,6 +27,7 @@ def train(
         str,
         typer.Option(help="First stage: proposer, samples, prm or reviser (reuses earlier stages' output in --out)."),
     ] = "proposer",
+    stop: Annotated[str, typer.Option(help="Last stage (--start prm --stop prm retrains the PRM alone).")] = "reviser",
 ) -> None:
     """Train proposer, PRM (Monte-Carlo rollout labels) and reviser, as the paper does."""
     import torch
@@ -38,7 +39,7 @@ def train(
     target = out or checkpoint_dir()
     started = time.perf_counter()
     try:
-        timings = run_training(target, quick=quick, seed=seed, start=start)
+        timings = run_training(target, quick=quick, seed=seed, start=start, stop=stop)
     except (FileNotFoundError, ValueError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
@@ -81,21 +82,20 @@ def report(
 
 def print_report(result: dict[str, Any]) -> None:
     proposer, best_of_n = result["proposer"], result["best_of_n"]
+    confidence = result.get("confidence")  # reports written before the confidence verifier lack it
     table = Table(title=f"difficulty quintiles (oracle pass@1), N={best_of_n['budget']} for voting")
-    for column in ("bin", "problems", "mean level", "proposer pass@1", "weighted BoN", "majority"):
+    columns = ["bin", "problems", "mean level", "proposer pass@1", "weighted BoN (PRM)"]
+    columns += ["weighted BoN (confidence)"] if confidence else []
+    for column in [*columns, "majority"]:
         table.add_column(column, justify="right")
-    for row, vote in zip(proposer["by_quintile"], best_of_n["by_quintile"], strict=True):
-        table.add_row(
-            str(row["bin"]),
-            str(row["problems"]),
-            f"{row['mean_level']:.1f}",
-            f"{row['pass_at_1']:.3f}",
-            f"{vote['weighted']:.3f}",
-            f"{vote['majority']:.3f}",
-        )
-    table.add_row(
-        "all", "", "", f"{proposer['pass_at_1']:.3f}", f"{best_of_n['weighted']:.3f}", f"{best_of_n['majority']:.3f}"
-    )
+    confident = confidence["best_of_n"]["by_quintile"] if confidence else [None] * len(proposer["by_quintile"])
+    for row, vote, other in zip(proposer["by_quintile"], best_of_n["by_quintile"], confident, strict=True):
+        cells = [str(row["bin"]), str(row["problems"]), f"{row['mean_level']:.1f}", f"{row['pass_at_1']:.3f}"]
+        cells += [f"{vote['weighted']:.3f}"] + ([f"{other['weighted']:.3f}"] if other else [])
+        table.add_row(*cells, f"{vote['majority']:.3f}")
+    totals = ["all", "", "", f"{proposer['pass_at_1']:.3f}", f"{best_of_n['weighted']:.3f}"]
+    totals += [f"{confidence['best_of_n']['weighted']:.3f}"] if confidence else []
+    table.add_row(*totals, f"{best_of_n['majority']:.3f}")
     console.print(table)
 
     levels = Table(title="proposer pass@1 by generator level")
@@ -113,6 +113,9 @@ def print_report(result: dict[str, Any]) -> None:
     scores.add_row("exact correctness, first-error convention", _fmt(prm["auc_vs_prefix_correctness"]))
     scores.add_row("the step's own arithmetic", _fmt(prm["auc_vs_step_arithmetic"]))
     scores.add_row(f"MC rollout labels >= 0.5 ({prm['mc_steps']} steps)", _fmt(prm["auc_vs_mc_labels"]))
+    if confidence:
+        scores.add_row("proposer confidence vs exact correctness", _fmt(confidence["auc_vs_prefix_correctness"]))
+        scores.add_row("proposer confidence vs the step's arithmetic", _fmt(confidence["auc_vs_step_arithmetic"]))
     console.print(scores)
 
     reviser = result["reviser"]

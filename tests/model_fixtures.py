@@ -59,3 +59,13 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_prm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("tiny-prm"), classifier=True, seed=1)
+
+
+@pytest.fixture(scope="session")
+def quick_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three testbed models from a `--quick` training run (seconds)."""
+    from ttc_nodes.testbed.train import train
+
+    out = tmp_path_factory.mktemp("testbed")
+    train(out, quick=True, seed=0)
+    return out

@@ -267,7 +267,7 @@ def test_each_format_is_selected_by_its_uri_option(tag_lm: Path, chat_lm: Path, 
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ("format=nope", "unknown PRM format 'nope'.*value_head, step_tag, chat_judge"),
+        ("format=nope", "unknown PRM format 'nope'.*value_head, confidence, step_tag, chat_judge"),
         ("format=step_tag&colour=red", "colour"),
         ("format=chat_judge&tag=x", "tag"),
         ("format=value_head&good=x", "good"),

@@ -14,13 +14,6 @@ from ttc_nodes.testbed.checkpoints import checkpoint_path
 from ttc_nodes.testbed.train import QUICK_RECIPE, train
 
 
-@pytest.fixture(scope="session")
-def quick_models(tmp_path_factory):
-    out = tmp_path_factory.mktemp("testbed")
-    train(out, quick=True, seed=0)
-    return out
-
-
 @pytest.mark.slow
 def test_quick_training_writes_checkpoints_the_engines_load(quick_models, monkeypatch):
     problem = task.problems(1, seed=0, difficulty=2)[0]
@@ -85,8 +78,28 @@ def test_later_stages_reuse_the_saved_proposer_and_training_data(quick_models, t
     assert set(manifest["earlier_run"]["seconds"]) == {"proposer", "samples", "rollouts", "prm", "reviser"}
 
 
+@pytest.mark.slow
+def test_stop_retrains_one_stage_and_leaves_the_later_ones(quick_models, tmp_path):
+    import shutil
+
+    out = tmp_path / "models"
+    shutil.copytree(quick_models, out)
+    (out / "reviser" / "model.safetensors").write_bytes(b"not retrained")
+
+    timings = train(out, quick=True, seed=0, start="prm", stop="prm")
+
+    assert set(timings) == {"prm"}
+    assert (out / "reviser" / "model.safetensors").read_bytes() == b"not retrained"
+    assert (out / "prm" / "model.safetensors").read_bytes() == (quick_models / "prm" / "model.safetensors").read_bytes()
+    assert json.loads((out / "training.json").read_text())["command"] == "ttc testbed train --start prm --stop prm"
+
+
 def test_a_later_stage_without_earlier_output_or_an_unknown_stage_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="earlier stages"):
         train(tmp_path, quick=True, start="reviser")
     with pytest.raises(ValueError, match="unknown stage 'critic'"):
         train(tmp_path, quick=True, start="critic")
+    with pytest.raises(ValueError, match="unknown stage 'critic'"):
+        train(tmp_path, quick=True, stop="critic")
+    with pytest.raises(ValueError, match="--stop samples comes before --start prm"):
+        train(tmp_path, quick=True, start="prm", stop="samples")

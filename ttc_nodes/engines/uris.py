@@ -3,7 +3,9 @@
 Built-in schemes:
 - `hf:PATH` — a transformers causal LM as proposer / reviser; as verifier, a PRM in the layout
   `?format=` names: `value_head` (token classification at step separators, the default), `step_tag`
-  (Math-Shepherd: `&tag=ки&good=%2B&bad=-`) or `chat_judge` (RLHFlow: `&good=%2B&bad=-`).
+  (Math-Shepherd: `&tag=ки&good=%2B&bad=-`), `chat_judge` (RLHFlow: `&good=%2B&bad=-`) or
+  `confidence` (a causal LM's own lowest token probability so far; no reward model, see
+  `engines.confidence`).
 - `gguf:PATH.gguf` — a GGUF file through transformers (needs the `gguf` and `accelerate` packages).
 - `testbed:NAME` — the checkpoints shipped with the package.
 - `openai:URL[,URL...]#MODEL` — an OpenAI-compatible completions server (see `engines.openai`).
@@ -131,8 +133,12 @@ def _hf_verifier(location: str, options: dict[str, str], uri: str) -> Any:
     layout = rest.pop("format", "value_head")
     if layout == "value_head":
         return HFValueHeadPRM(location, uri=uri, **_typed_options(rest, _ENGINE_OPTIONS))
+    if layout == "confidence":
+        from ttc_nodes.engines.confidence import ConfidencePRM
+
+        return ConfidencePRM(location, uri=uri, **_typed_options(rest, {**_ENGINE_OPTIONS, "max_length": int}))
     if layout not in PRM_FORMATS:
-        known = ", ".join(["value_head", *PRM_FORMATS])
+        known = ", ".join(["value_head", "confidence", *PRM_FORMATS])
         raise ValueError(f"unknown PRM format {layout!r} in {uri!r}; known formats: {known}")
     known_options: dict[str, Callable[[str], Any]] = {**_ENGINE_OPTIONS, "good": str, "bad": str, "max_length": int}
     if PRM_FORMATS[layout] is StepTagPRM:

@@ -73,16 +73,40 @@ def new_causal_lm(size: ModelSize, tokenizer: PreTrainedTokenizerFast, seed: int
     return LlamaForCausalLM(llama_config(size, tokenizer))
 
 
-def prm_from_proposer(proposer: LlamaForCausalLM, seed: int) -> LlamaForTokenClassification:
-    """A value-head PRM (one logit per token) whose body starts as a copy of the proposer's."""
+def prm_head(proposer: LlamaForCausalLM, extra_layers: int, seed: int) -> LlamaForTokenClassification:
+    """The trainable part of the testbed PRM: `extra_layers` new decoder layers, a final norm and a
+    one-logit value head, run on the proposer's last residual states (`inputs_embeds`); its own
+    token embedding is never used. `assemble_prm` puts it on top of the proposer's body."""
+    if extra_layers < 1:
+        raise ValueError(f"the PRM needs at least one layer above the proposer's body, got {extra_layers}")
     torch.manual_seed(seed)
+    head = LlamaForTokenClassification(_prm_config(proposer, extra_layers)).float()
+    for layer in head.model.layers:  # each new layer first reads the body as the proposer's LM head does
+        layer.input_layernorm.weight.data.copy_(proposer.model.norm.weight.data)
+    return head.to(proposer.device)
+
+
+def assemble_prm(proposer: LlamaForCausalLM, head: LlamaForTokenClassification) -> LlamaForTokenClassification:
+    """One standard `LlamaForTokenClassification`: the proposer's embedding and layers, then the head's
+    layers, norm and value head. Its logits equal the head's on the body's residual states."""
+    body_layers = proposer.config.num_hidden_layers
+    prm = LlamaForTokenClassification(_prm_config(proposer, body_layers + head.config.num_hidden_layers)).float()
+    state = {f"model.{key}": value for key, value in proposer.model.state_dict().items() if not key.startswith("norm.")}
+    for key, value in head.state_dict().items():
+        if key.startswith("model.layers."):
+            index, rest = key.removeprefix("model.layers.").split(".", 1)
+            state[f"model.layers.{body_layers + int(index)}.{rest}"] = value
+        elif not key.startswith("model.embed_tokens."):
+            state[key] = value
+    prm.load_state_dict(state, strict=True)
+    return prm.to(proposer.device).eval()
+
+
+def _prm_config(proposer: LlamaForCausalLM, layers: int) -> LlamaConfig:
     settings = {k: v for k, v in proposer.config.to_dict().items() if k not in ("id2label", "label2id")}
-    config = LlamaConfig.from_dict({**settings, "num_labels": 1, "dtype": "float32"})
+    config = LlamaConfig.from_dict({**settings, "num_hidden_layers": layers, "num_labels": 1, "dtype": "float32"})
     config.architectures = ["LlamaForTokenClassification"]
-    prm = LlamaForTokenClassification(config).float()
-    prm.model.load_state_dict(proposer.model.state_dict())
-    prm.to(proposer.device)
-    return prm
+    return config
 
 
 def parameter_count(model: torch.nn.Module) -> int:

@@ -3,6 +3,8 @@
 - proposer pass@1 per oracle-difficulty quintile (and per generator level);
 - PRM step-level AUC against exact step correctness and against Monte-Carlo rollout labels;
 - weighted best-of-N (last-step PRM score, summed per answer) against majority vote at N=16;
+- the same AUCs and vote for the proposer's own confidence (`engines.confidence`), a verifier
+  without a reward model, as a baseline for the PRM;
 - reviser pass@1 along a revision chain (positions 0..4).
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ttc_nodes.answers import extract_answer
+from ttc_nodes.engines.confidence import ConfidencePRM
 from ttc_nodes.engines.hf import HFValueHeadPRM
 from ttc_nodes.prompts import DEFAULT_FORMAT
 from ttc_nodes.testbed import task
@@ -53,6 +56,7 @@ def build_report(settings: ReportSettings, models: Path | None = None) -> dict[s
 
     proposer = load_sampler(models / "proposer")
     prm = HFValueHeadPRM(str(models / "prm"), device="cpu")
+    confidence = ConfidencePRM(str(models / "proposer"), device="cpu", max_batch=64)
     reviser = load_sampler(models / "reviser")
     timings["load"] = time.perf_counter() - started
     problems = task.problems(settings.problems, REPORT_SEED)
@@ -68,11 +72,11 @@ def build_report(settings: ReportSettings, models: Path | None = None) -> dict[s
 
     started = time.perf_counter()
     steps = [[DEFAULT_FORMAT.split_steps(text) for text in texts] for texts in pool]
-    scores = [
-        [s.step_scores for s in prm.score(p.question, [x or [""] for x in solutions])]
-        for p, solutions in zip(problems, steps, strict=True)
-    ]
+    scores = step_scores(prm, problems, steps)
     timings["prm_scoring"] = time.perf_counter() - started
+    started = time.perf_counter()
+    confidence_scores = step_scores(confidence, problems, steps)
+    timings["confidence_scoring"] = time.perf_counter() - started
 
     started = time.perf_counter()
     rollout_problems = range(min(settings.rollout_solutions, len(problems)))
@@ -95,6 +99,11 @@ def build_report(settings: ReportSettings, models: Path | None = None) -> dict[s
         "proposer": proposer_section(problems, pass_at_1, bins),
         "prm": prm_section(problems, steps, scores, labelled, rollout_problems),
         "best_of_n": best_of_n_section(pool, scores, correct, bins, settings),
+        "confidence": {
+            "verifier": "the proposer's lowest answer-token probability so far (format=confidence)",
+            **step_aucs(problems, steps, confidence_scores),
+            "best_of_n": best_of_n_section(pool, confidence_scores, correct, bins, settings),
+        },
         "reviser": reviser_section(chain_correct, pass_at_1),
         "seconds": timings,
     }
@@ -164,7 +173,16 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def prm_section(problems, steps, scores, labelled, rollout_problems) -> dict:
+def step_scores(verifier, problems, steps) -> list[list[list[float]]]:
+    """Per problem, per answer: the verifier's step scores (an answer with no step is scored as one empty step)."""
+    return [
+        [s.step_scores for s in verifier.score(p.question, [x or [""] for x in solutions])]
+        for p, solutions in zip(problems, steps, strict=True)
+    ]
+
+
+def step_aucs(problems, steps, scores) -> dict:
+    """Step-level AUC of the scores against exact prefix correctness and against each step's own arithmetic."""
     flat_scores: list[float] = []
     prefix_ok: list[bool] = []
     arithmetic_ok: list[bool] = []
@@ -175,18 +193,24 @@ def prm_section(problems, steps, scores, labelled, rollout_problems) -> dict:
             flat_scores.extend(step_scores)
             prefix_ok.extend(task.prefix_correct(problem, solution))
             arithmetic_ok.extend(task.arithmetic_correct(step) for step in solution)
+    return {
+        "steps_scored": len(flat_scores),
+        "auc_vs_prefix_correctness": auc(flat_scores, prefix_ok),
+        "auc_vs_step_arithmetic": auc(flat_scores, arithmetic_ok),
+        "share_prefixes_correct": float(np.mean(prefix_ok)) if prefix_ok else None,
+    }
+
+
+def prm_section(problems, steps, scores, labelled, rollout_problems) -> dict:
     rollout_scores, rollout_labels = [], []
     kept = [i for i in rollout_problems if steps[i][0]]
     for i, (_, _, labels) in zip(kept, labelled, strict=True):
         rollout_scores.extend(scores[i][0])
         rollout_labels.extend(labels)
     return {
-        "steps_scored": len(flat_scores),
-        "auc_vs_prefix_correctness": auc(flat_scores, prefix_ok),
-        "auc_vs_step_arithmetic": auc(flat_scores, arithmetic_ok),
+        **step_aucs(problems, steps, scores),
         "auc_vs_mc_labels": auc(rollout_scores, [label >= 0.5 for label in rollout_labels]),
         "mc_steps": len(rollout_labels),
-        "share_prefixes_correct": float(np.mean(prefix_ok)) if prefix_ok else None,
     }
 
 

@@ -5,13 +5,15 @@
    mistakes grow with difficulty — on top of those its small capacity makes.
 2. samples: the proposer answers training problems (a pool of full answers per problem).
 3. PRM: its step prefixes are labelled by Monte-Carlo rollouts from the proposer (fraction that
-   reach the right answer), and a value head on a copy of the proposer learns them with BCE.
+   reach the right answer), and new layers with a value head on the proposer's frozen body learn
+   them with BCE, after first learning to read the proposer's own confidence (see `train_prm`).
 4. reviser: a copy of the proposer learns to write a correct answer with 0..4 wrong answers of the
    same question in its context (see `trajectories.py`).
 
-`train(out, quick, seed, start)` runs them in order and writes `out/{proposer,prm,reviser}/`, the
+`train(out, quick, seed, start, stop)` runs them in order and writes `out/{proposer,prm,reviser}/`, the
 sampled answers and rollout labels in `out/training-data/` and the recipe, seed and stage times in
-`out/training.json`; `start` resumes at a later stage from what the earlier ones left. Answers and
+`out/training.json`; `start` resumes at a later stage from what the earlier ones left, `stop` ends
+after an earlier one. Answers and
 rollouts are sampled with `CachedSampler`. Times on 2 CPU cores (`training.json` keeps them): the
 shipped proposer took 7.4 min on a machine doing a proposer step in 0.19 s; the later stages, rerun
 with `--start samples` on one half as fast (0.37 s a step), took samples 2.0, rollouts 7.3, PRM 0.8
@@ -28,6 +30,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +45,11 @@ from ttc_nodes.testbed.model import (
     FULL,
     QUICK,
     ModelSize,
+    assemble_prm,
     build_tokenizer,
     new_causal_lm,
     parameter_count,
-    prm_from_proposer,
+    prm_head,
 )
 from ttc_nodes.testbed.rollouts import label_prefixes, reaches
 from ttc_nodes.testbed.sampler import CachedSampler
@@ -69,7 +73,10 @@ class Recipe:
     prm_problems: int  # the first pool problems, whose answers' prefixes get rollouts
     prm_solutions: int  # sampled answers per such problem whose prefixes get rollouts
     rollouts: int  # Monte-Carlo rollouts per step prefix
-    prm_epochs: int
+    prm_layers: int  # new decoder layers the PRM puts on the proposer's (frozen) body
+    prm_distill_steps: int  # steps learning the proposer's running confidence on the pool's answers
+    prm_distill_lr: float
+    prm_epochs: int  # epochs on the Monte-Carlo labels
     prm_batch: int
     prm_lr: float
     reviser_steps: int
@@ -89,6 +96,9 @@ FULL_RECIPE = Recipe(
     prm_problems=256,
     prm_solutions=2,
     rollouts=8,
+    prm_layers=2,
+    prm_distill_steps=1500,
+    prm_distill_lr=2e-3,
     prm_epochs=4,
     prm_batch=32,
     prm_lr=1e-3,
@@ -108,6 +118,9 @@ QUICK_RECIPE = Recipe(
     prm_problems=3,
     prm_solutions=1,
     rollouts=2,
+    prm_layers=1,
+    prm_distill_steps=4,
+    prm_distill_lr=2e-3,
     prm_epochs=1,
     prm_batch=8,
     prm_lr=1e-3,
@@ -122,14 +135,21 @@ STAGES = ("proposer", "samples", "prm", "reviser")
 DATA_DIR = "training-data"  # sampled answers and rollout labels, kept beside the checkpoints (not shipped)
 
 
-def train(out: Path, quick: bool = False, seed: int = 0, start: str = "proposer") -> dict[str, float]:
+def train(
+    out: Path, quick: bool = False, seed: int = 0, start: str = "proposer", stop: str = "reviser"
+) -> dict[str, float]:
     """Train proposer, PRM and reviser into `out/{proposer,prm,reviser}`; returns stage timings.
 
     `start` skips the stages before it and reuses what they left in `out`: `samples` keeps the
     proposer, `prm` also the sampled answers and rollout labels, `reviser` trains the reviser alone.
+    `stop` is the last stage run (`--start prm --stop prm` retrains the PRM alone).
     """
-    if start not in STAGES:
-        raise ValueError(f"unknown stage {start!r}; stages: {', '.join(STAGES)}")
+    for stage in (start, stop):
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    if STAGES.index(stop) < STAGES.index(start):
+        raise ValueError(f"--stop {stop} comes before --start {start}; stages run in order: {', '.join(STAGES)}")
+    last = STAGES.index(stop)
     recipe = QUICK_RECIPE if quick else FULL_RECIPE
     out.mkdir(parents=True, exist_ok=True)
     data = out / DATA_DIR
@@ -143,6 +163,9 @@ def train(out: Path, quick: bool = False, seed: int = 0, start: str = "proposer"
     if first == 0:
         save(train_proposer(recipe, tokenizer, seed), tokenizer, out / "proposer")
         timings["proposer"] = time.perf_counter() - started
+    if last == 0:
+        write_manifest(out, recipe, seed, start, timings, stop)
+        return timings
     # Later stages start from the saved (float16) proposer, so a restart at any stage trains the same.
     proposer = _load_saved(out / "proposer")
 
@@ -171,14 +194,23 @@ def train(out: Path, quick: bool = False, seed: int = 0, start: str = "proposer"
     else:
         answers = _read_json(data / "samples.json", len(pool))
 
-    if first <= 2:
+    if first <= 2 <= last:
         started = time.perf_counter()
         if first == 2:
             labelled = [tuple(row) for row in _read_json(data / "rollouts.json")]
-        prm = train_prm(recipe, tokenizer, proposer, labelled, seed)
+        answered = [
+            (problem.question, steps)
+            for problem, texts in zip(pool, answers, strict=True)
+            for steps in map(DEFAULT_FORMAT.split_steps, texts)
+            if steps
+        ]
+        prm = train_prm(recipe, tokenizer, proposer, answered, labelled, seed)
         save(prm, tokenizer, out / "prm")
         timings["prm"] = time.perf_counter() - started
 
+    if last < 3:
+        write_manifest(out, recipe, seed, start, timings, stop)
+        return timings
     started = time.perf_counter()
     examples = revision_examples(
         [(problem.question, problem.answer, texts) for problem, texts in zip(pool, answers, strict=True)],
@@ -188,18 +220,22 @@ def train(out: Path, quick: bool = False, seed: int = 0, start: str = "proposer"
     reviser = train_reviser(recipe, tokenizer, proposer, examples, seed)
     save(reviser, tokenizer, out / "reviser")
     timings["reviser"] = time.perf_counter() - started
-    write_manifest(out, recipe, seed, start, timings)
+    write_manifest(out, recipe, seed, start, timings, stop)
     return timings
 
 
-def write_manifest(out: Path, recipe: Recipe, seed: int, start: str, timings: dict[str, float]) -> None:
+def write_manifest(
+    out: Path, recipe: Recipe, seed: int, start: str, timings: dict[str, float], stop: str = STAGES[-1]
+) -> None:
     """`out/training.json`: how the checkpoints in `out` were made (recipe, seed, stage times, versions)."""
     import platform
 
     import transformers
 
     manifest: dict[str, Any] = {
-        "command": "ttc testbed train" + (f" --start {start}" if start != STAGES[0] else ""),
+        "command": "ttc testbed train"
+        + (f" --start {start}" if start != STAGES[0] else "")
+        + (f" --stop {stop}" if stop != STAGES[-1] else ""),
         "recipe": asdict(recipe),
         "seed": seed,
         "device": DEVICE.type,
@@ -369,38 +405,144 @@ def sample_answers(
 # -------------------------------------------------------------------------------------------- PRM
 
 
-def train_prm(recipe: Recipe, tokenizer, proposer, labelled, seed: int) -> torch.nn.Module:
-    """BCE on soft Monte-Carlo labels, read at each step's last separator token (as `prm_inputs`)."""
-    prm = on_device(prm_from_proposer(proposer, seed))
-    rows = []
-    for question, steps, labels in labelled:
-        ids, positions = prm_inputs(tokenizer, question, steps)
-        rows.append((ids, positions, labels))
+def train_prm(
+    recipe: Recipe,
+    tokenizer,
+    proposer,
+    answered: Sequence[tuple[str, list[str]]],
+    labelled: Sequence[tuple[str, list[str], list[float]]],
+    seed: int,
+) -> torch.nn.Module:
+    """The PRM: `recipe.prm_layers` new layers and a value head on the proposer's frozen body.
+
+    1. Distillation (no reference answers needed): on every pool answer, at every answer token, BCE
+       against the proposer's running confidence — the lowest probability it gave any of its answer
+       tokens so far (`confidence_targets`). A slip is a token the proposer itself would rarely have
+       written, but a value head reading one position cannot see that; the new layers learn to
+       compare each token with what the body predicted for it, and to carry the lowest match forward.
+    2. The paper's objective: BCE on the soft Monte-Carlo labels, read at each step's last separator
+       token (as `prm_inputs` lays it out).
+    Only the new layers train, so the body's states are computed once (`body_states`).
+    """
+    head = on_device(prm_head(proposer, recipe.prm_layers, seed))
     rng = random.Random(f"prm-{seed}")
 
-    def batches() -> Iterator[list[tuple[list[int], list[int], list[float]]]]:
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    separator = len(encode(DEFAULT_FORMAT.step_separator))
+    encoded = [prm_inputs(tokenizer, question, steps) for question, steps in answered]
+    states = body_states(proposer, [ids for ids, _ in encoded], "PRM body (answers)")
+    confident = [
+        (
+            hidden,
+            confidence_targets(
+                log_probs,
+                answer_start=len(encode(DEFAULT_FORMAT.solution(question))),
+                skipped=[end - k for end in ends for k in range(separator)],
+            ),
+        )
+        for (hidden, log_probs), (question, _), (_, ends) in zip(states, answered, encoded, strict=True)
+    ]
+
+    def distill_batches() -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        for _ in range(recipe.prm_distill_steps):
+            yield rng.sample(confident, min(recipe.prm_batch, len(confident)))
+
+    if confident and recipe.prm_distill_steps:
+        optimise(
+            head,
+            map(partial(_head_loss, head), distill_batches()),
+            recipe.prm_distill_steps,
+            recipe.prm_distill_lr,
+            "PRM distil",
+        )
+
+    mc_encoded = [(*prm_inputs(tokenizer, question, steps), labels) for question, steps, labels in labelled]
+    mc_rows = []
+    for (hidden, _), (ids, positions, labels) in zip(
+        body_states(proposer, [ids for ids, _, _ in mc_encoded], "PRM body (MC)"), mc_encoded, strict=True
+    ):
+        targets = torch.full((len(ids),), -1.0)
+        targets[positions] = torch.tensor(labels, dtype=torch.float)
+        mc_rows.append((hidden, targets))
+
+    def mc_batches() -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
         for _ in range(recipe.prm_epochs):
-            rng.shuffle(rows)
-            for start in range(0, len(rows), recipe.prm_batch):
-                yield rows[start : start + recipe.prm_batch]
+            rng.shuffle(mc_rows)
+            for start in range(0, len(mc_rows), recipe.prm_batch):
+                yield mc_rows[start : start + recipe.prm_batch]
 
-    def loss_of(batch: list[tuple[list[int], list[int], list[float]]]) -> torch.Tensor:
-        width = max(len(ids) for ids, _, _ in batch)
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        targets = torch.full((len(batch), width), -1.0)
-        for row, (ids, positions, labels) in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            mask[row, : len(ids)] = 1
-            targets[row, positions] = torch.tensor(labels, dtype=torch.float)
-        logits = prm(input_ids=input_ids.to(DEVICE), attention_mask=mask.to(DEVICE)).logits[..., 0]
-        targets = targets.to(DEVICE)
-        scored = targets >= 0
-        return F.binary_cross_entropy_with_logits(logits[scored], targets[scored])
+    steps_total = recipe.prm_epochs * math.ceil(len(mc_rows) / recipe.prm_batch)
+    optimise(head, map(partial(_head_loss, head), mc_batches()), steps_total, recipe.prm_lr, "PRM")
+    return assemble_prm(proposer, head)
 
-    steps_total = recipe.prm_epochs * math.ceil(len(rows) / recipe.prm_batch)
-    optimise(prm, map(loss_of, batches()), steps_total, recipe.prm_lr, "PRM")
-    return prm
+
+@torch.inference_mode()
+def body_states(
+    proposer, sequences: Sequence[list[int]], name: str, batch: int = 64
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For each token sequence: the residual stream after the proposer's last layer (before its
+    final norm), shape (T, hidden), and the log-probability the proposer gave each token (T,; 0 for
+    the first). Kept on the CPU; sequences run in batches of similar length."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(module, inputs, output) -> None:
+        captured["hidden"] = output[0] if isinstance(output, tuple) else output
+
+    hook = proposer.model.layers[-1].register_forward_hook(keep)
+    results: list[tuple[torch.Tensor, torch.Tensor]] = [(torch.empty(0), torch.empty(0))] * len(sequences)
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    try:
+        with _progress() as progress:
+            bar = progress.add_task(name, total=len(sequences), loss=float("nan"))
+            for start in range(0, len(order), batch):
+                chosen = order[start : start + batch]
+                input_ids, mask = _pad([torch.tensor(sequences[i]) for i in chosen], 0)
+                logits = proposer(input_ids=input_ids.to(DEVICE), attention_mask=mask.to(DEVICE)).logits.float()
+                picked = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None].to(DEVICE))[..., 0]
+                for row, index in enumerate(chosen):
+                    length = len(sequences[index])
+                    log_probs = torch.cat([torch.zeros(1), picked[row, : length - 1].cpu()])
+                    results[index] = (captured["hidden"][row, :length].float().cpu(), log_probs)
+                progress.update(bar, advance=len(chosen))
+    finally:
+        hook.remove()
+    return results
+
+
+def confidence_targets(log_probs: torch.Tensor, answer_start: int, skipped: Sequence[int] = ()) -> torch.Tensor:
+    """Per token: -1 (not trained) before the answer; from it on, the lowest probability the
+    proposer gave any of its answer tokens up to and including this one. `skipped` positions count
+    as certain: the step separators that `prm_inputs` writes are layout, not the proposer's writing
+    (after the last step it would have ended the answer instead)."""
+    targets = torch.full_like(log_probs, -1.0)
+    if answer_start < len(log_probs):
+        kept = log_probs.clone()
+        kept[list(skipped)] = 0.0
+        targets[answer_start:] = torch.exp(torch.cummin(kept[answer_start:], dim=0).values)
+    return targets
+
+
+def _head_loss(head, batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """BCE of the PRM head's logits on body states against soft targets (positions < 0 skipped)."""
+    states, mask = _pad([hidden for hidden, _ in batch], 0.0)
+    targets, _ = _pad([target for _, target in batch], -1.0)
+    logits = head(inputs_embeds=states.to(DEVICE), attention_mask=mask.to(DEVICE)).logits[..., 0]
+    targets = targets.to(DEVICE)
+    scored = targets >= 0
+    return F.binary_cross_entropy_with_logits(logits[scored], targets[scored])
+
+
+def _pad(rows: Sequence[torch.Tensor], fill: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded stack of variable-length rows (first dimension), and the attention mask."""
+    width = max(len(row) for row in rows)
+    padded = torch.full((len(rows), width, *rows[0].shape[1:]), fill, dtype=rows[0].dtype)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        padded[index, : len(row)] = row
+        mask[index, : len(row)] = 1
+    return padded, mask
 
 
 # ---------------------------------------------------------------------------------------- reviser
