@@ -44,13 +44,15 @@ def test_body_states_hold_each_tokens_log_prob_whatever_the_batch(tokenizer, pro
 def test_confidence_is_the_lowest_answer_token_probability_so_far():
     log_probs = torch.log(torch.tensor([1.0, 0.2, 0.9, 0.5, 0.7, 0.3, 0.8]))
     targets = confidence_targets(log_probs, answer_start=2)
-    assert targets[:2].tolist() == [-1.0, -1.0]  # the question is not trained on
-    expected = [min([0.9, 0.5, 0.7, 0.3, 0.8][: i + 1]) for i in range(5)]
-    torch.testing.assert_close(targets[2:], torch.tensor(expected))
+    assert (targets[:2] == -1).all()  # the question is not trained on
+    answer = [0.9, 0.5, 0.7, 0.3, 0.8]
+    torch.testing.assert_close(targets[2:, 0], torch.tensor([min(answer[: i + 1]) for i in range(5)]))
+    torch.testing.assert_close(targets[2:, 1], torch.tensor(answer))
     assert (confidence_targets(log_probs, answer_start=7) == -1).all()
     # Skipped positions (layout separators) count as certain.
     skipping = confidence_targets(log_probs, answer_start=2, skipped=[3, 5])
-    torch.testing.assert_close(skipping[2:], torch.tensor([0.9, 0.9, 0.7, 0.7, 0.7]))
+    torch.testing.assert_close(skipping[2:, 0], torch.tensor([0.9, 0.9, 0.7, 0.7, 0.7]))
+    torch.testing.assert_close(skipping[2:, 1], torch.tensor([0.9, 1.0, 0.7, 1.0, 0.8]))
 
 
 def test_the_assembled_prm_is_the_proposer_body_under_the_trained_head(tokenizer, proposer):

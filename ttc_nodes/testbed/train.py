@@ -13,11 +13,10 @@
 `train(out, quick, seed, start, stop)` runs them in order and writes `out/{proposer,prm,reviser}/`, the
 sampled answers and rollout labels in `out/training-data/` and the recipe, seed and stage times in
 `out/training.json`; `start` resumes at a later stage from what the earlier ones left, `stop` ends
-after an earlier one. Answers and
-rollouts are sampled with `CachedSampler`. Times on 2 CPU cores (`training.json` keeps them): the
+after an earlier one. Answers and rollouts are sampled with `CachedSampler`. Times on 2 CPU cores (`training.json` keeps them): the
 shipped proposer took 7.4 min on a machine doing a proposer step in 0.19 s; the later stages, rerun
-with `--start samples` on one half as fast (0.37 s a step), took samples 2.0, rollouts 7.3, PRM 0.8
-and reviser 12.3 min; scaled to the faster machine, the whole recipe is about 19 minutes.
+on one half as fast (0.37 s a step), took samples 2.0, rollouts 7.3, PRM 6.2 (distillation 5.5 of
+it) and reviser 12.3 min; scaled to the faster machine, the whole recipe is about 22 minutes.
 """
 
 from __future__ import annotations
@@ -98,10 +97,10 @@ FULL_RECIPE = Recipe(
     rollouts=8,
     prm_layers=2,
     prm_distill_steps=1500,
-    prm_distill_lr=2e-3,
+    prm_distill_lr=3e-3,
     prm_epochs=4,
     prm_batch=32,
-    prm_lr=1e-3,
+    prm_lr=3e-4,
     reviser_steps=800,
     reviser_batch=16,
     reviser_lr=5e-4,
@@ -417,9 +416,10 @@ def train_prm(
 
     1. Distillation (no reference answers needed): on every pool answer, at every answer token, BCE
        against the proposer's running confidence — the lowest probability it gave any of its answer
-       tokens so far (`confidence_targets`). A slip is a token the proposer itself would rarely have
-       written, but a value head reading one position cannot see that; the new layers learn to
-       compare each token with what the body predicted for it, and to carry the lowest match forward.
+       tokens so far (`confidence_targets`) — and, through a second linear head used only here,
+       against that token's own probability. A slip is a token the proposer itself would rarely
+       have written, but a value head reading one position cannot see that; the new layers learn
+       to compare each token with what the body predicted for it, and to carry the lowest forward.
     2. The paper's objective: BCE on the soft Monte-Carlo labels, read at each step's last separator
        token (as `prm_inputs` lays it out).
     Only the new layers train, so the body's states are computed once (`body_states`).
@@ -450,9 +450,11 @@ def train_prm(
             yield rng.sample(confident, min(recipe.prm_batch, len(confident)))
 
     if confident and recipe.prm_distill_steps:
+        token_head = on_device(torch.nn.Linear(head.config.hidden_size, 1))  # training only; not saved
+        trained = torch.nn.ModuleList([head, token_head])
         optimise(
-            head,
-            map(partial(_head_loss, head), distill_batches()),
+            trained,
+            map(partial(_distill_loss, head, token_head), distill_batches()),
             recipe.prm_distill_steps,
             recipe.prm_distill_lr,
             "PRM distil",
@@ -512,15 +514,16 @@ def body_states(
 
 
 def confidence_targets(log_probs: torch.Tensor, answer_start: int, skipped: Sequence[int] = ()) -> torch.Tensor:
-    """Per token: -1 (not trained) before the answer; from it on, the lowest probability the
-    proposer gave any of its answer tokens up to and including this one. `skipped` positions count
-    as certain: the step separators that `prm_inputs` writes are layout, not the proposer's writing
-    (after the last step it would have ended the answer instead)."""
-    targets = torch.full_like(log_probs, -1.0)
+    """Per token, two targets: the lowest probability the proposer gave any of its answer tokens up
+    to and including this one, and this token's own probability; -1 (not trained) before the
+    answer. `skipped` positions count as certain: the step separators that `prm_inputs` writes are
+    layout, not the proposer's writing (after the last step it would have ended the answer instead)."""
+    targets = torch.full((len(log_probs), 2), -1.0)
     if answer_start < len(log_probs):
         kept = log_probs.clone()
         kept[list(skipped)] = 0.0
-        targets[answer_start:] = torch.exp(torch.cummin(kept[answer_start:], dim=0).values)
+        targets[answer_start:, 0] = torch.exp(torch.cummin(kept[answer_start:], dim=0).values)
+        targets[answer_start:, 1] = torch.exp(kept[answer_start:])
     return targets
 
 
@@ -529,7 +532,22 @@ def _head_loss(head, batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torc
     states, mask = _pad([hidden for hidden, _ in batch], 0.0)
     targets, _ = _pad([target for _, target in batch], -1.0)
     logits = head(inputs_embeds=states.to(DEVICE), attention_mask=mask.to(DEVICE)).logits[..., 0]
+    return _soft_bce(logits, targets.to(DEVICE))
+
+
+def _distill_loss(head, token_head, batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The value head against running confidence plus a token head against each token's probability."""
+    states, mask = _pad([hidden for hidden, _ in batch], 0.0)
+    targets, _ = _pad([target for _, target in batch], -1.0)
+    hidden = head.model(inputs_embeds=states.to(DEVICE), attention_mask=mask.to(DEVICE)).last_hidden_state
+    hidden = head.dropout(hidden)
     targets = targets.to(DEVICE)
+    return _soft_bce(head.score(hidden)[..., 0], targets[..., 0]) + _soft_bce(
+        token_head(hidden)[..., 0], targets[..., 1]
+    )
+
+
+def _soft_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     scored = targets >= 0
     return F.binary_cross_entropy_with_logits(logits[scored], targets[scored])
 
