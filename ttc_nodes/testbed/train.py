@@ -13,10 +13,9 @@
 `train(out, quick, seed, start, stop)` runs them in order and writes `out/{proposer,prm,reviser}/`, the
 sampled answers and rollout labels in `out/training-data/` and the recipe, seed and stage times in
 `out/training.json`; `start` resumes at a later stage from what the earlier ones left, `stop` ends
-after an earlier one. Answers and rollouts are sampled with `CachedSampler`. Times on 2 CPU cores (`training.json` keeps them): the
-shipped proposer took 7.4 min on a machine doing a proposer step in 0.19 s; the later stages, rerun
-on one half as fast (0.37 s a step), took samples 2.0, rollouts 7.3, PRM 6.2 (distillation 5.5 of
-it) and reviser 12.3 min; scaled to the faster machine, the whole recipe is about 22 minutes.
+after an earlier one. Answers and rollouts are sampled with `CachedSampler`. Stage times on 2 CPU
+cores (`training.json` keeps them), scaled to a machine doing a proposer step in 0.19 s: proposer
+7.4 min, samples 1.0, rollouts 3.8, PRM 5.2 (distillation 4.4 of it), reviser 6.3; about 24 min.
 """
 
 from __future__ import annotations
