@@ -116,6 +116,7 @@ def kill_mid_solve(process: subprocess.Popen[bytes], database_url: str, deadline
         time.sleep(0.1)
     while time.monotonic() < deadline and process.poll() is None:
         os.killpg(group, signal.SIGSTOP)
+        wait_until_stopped(group)
         seen = caught_mid_flight(database_url)
         if seen is not None:
             os.killpg(group, signal.SIGKILL)
@@ -127,6 +128,28 @@ def kill_mid_solve(process: subprocess.Popen[bytes], database_url: str, deadline
     process.wait(timeout=30)
     output = process.stdout.read().decode(errors="replace")[-3000:] if process.stdout else ""
     pytest.fail(f"never saw a solve mid-flight after two were done (exit {process.returncode}):\n{output}")
+
+
+def wait_until_stopped(group: int, timeout: float = 5.0) -> None:
+    """SIGSTOP lands asynchronously: wait until every process of the group is stopped (or dead), so
+    that no commit in flight lands after the database is read. Where there is no /proc, a pause."""
+    if not Path("/proc/self/stat").is_file():
+        time.sleep(0.2)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:  # the process ended meanwhile
+                continue
+            state, _, process_group = text[text.rindex(")") + 2 :].split()[:3]
+            if int(process_group) == group:
+                states.append(state)
+        if all(state in "TtZX" for state in states):
+            return
+        time.sleep(0.001)
 
 
 def step_ids(session: Session) -> dict[int, set[int]]:
