@@ -15,13 +15,12 @@ Selected by URI: `hf:PATH?format=confidence`, `testbed:proposer?format=confidenc
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 
 import torch
 
 from ttc_nodes.engines.base import Scored
-from ttc_nodes.engines.hf import _check_max_batch, _check_path, load_model, parameter_count, pick_device, prm_inputs
+from ttc_nodes.engines.hf import LocalVerifier, prm_inputs, right_pad
 from ttc_nodes.prompts import DEFAULT_FORMAT, PromptFormat
 
 log = logging.getLogger(__name__)
@@ -29,7 +28,15 @@ log = logging.getLogger(__name__)
 PROJECTED_LOGITS = 16_000_000  # vocabulary logits computed at once (64 MB in float32)
 
 
-class ConfidencePRM:
+def running_confidence(log_probs: torch.Tensor, skipped: Sequence[int] = ()) -> torch.Tensor:
+    """Per token, the lowest probability among the tokens up to and including it; `skipped`
+    positions (the layout's step separators) count as certain."""
+    kept = log_probs.clone()
+    kept[list(skipped)] = 0.0
+    return torch.exp(torch.cummin(kept, dim=0).values) if len(kept) else kept
+
+
+class ConfidencePRM(LocalVerifier):
     """Step scores from a causal LM's own token probabilities (see the module docstring)."""
 
     def __init__(
@@ -45,25 +52,18 @@ class ConfidencePRM:
     ) -> None:
         from transformers import AutoModelForCausalLM
 
-        location = _check_path(path)
-        self.uri = uri or f"hf:{location}?format=confidence"
-        self.device = pick_device(device)
-        self.max_batch = _check_max_batch(max_batch)
-        self.prompt_format = prompt_format
-        self.tokenizer, self.model = load_model(
-            AutoModelForCausalLM, location, "a causal LM (confidence verifier)", dtype=dtype, device=self.device
+        location = self._load(
+            AutoModelForCausalLM,
+            path,
+            "a causal LM (confidence verifier)",
+            device=device,
+            dtype=dtype,
+            max_batch=max_batch,
+            max_length=max_length,
         )
-        self._lock = threading.Lock()
-        self.parameters = parameter_count(self.model)
-        self.max_length = max_length or int(getattr(self.model.config, "max_position_embeddings", 4096))
+        self.uri = uri or f"hf:{location}?format=confidence"
+        self.prompt_format = prompt_format
         self._separator = len(self.tokenizer(prompt_format.step_separator, add_special_tokens=False)["input_ids"])
-
-    def score(self, question: str, solutions: Sequence[Sequence[str]]) -> list[Scored]:
-        results: list[Scored] = []
-        with self._lock:
-            for start in range(0, len(solutions), self.max_batch):
-                results.extend(self._score_batch(question, solutions[start : start + self.max_batch]))
-        return results
 
     @torch.inference_mode()
     def _score_batch(self, question: str, solutions: Sequence[Sequence[str]]) -> list[Scored]:
@@ -73,22 +73,17 @@ class ConfidencePRM:
             ids, ends = prm_inputs(self.tokenizer, question, steps, self.prompt_format)
             cut = max(0, len(ids) - self.max_length)  # keep the tail: the answer matters more than the question
             rows.append((ids[cut:], [end - cut for end in ends], max(1, prompt - cut), cut > 0))
-        width = max(len(ids) for ids, _, _, _ in rows)
-        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, (ids, _, _, _) in enumerate(rows):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, : len(ids)] = 1
+        input_ids, mask = right_pad([ids for ids, _, _, _ in rows], self.tokenizer.pad_token_id or 0)
         hidden = self.model.base_model(
             input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
         ).last_hidden_state
         results = []
         for row, (ids, ends, start, truncated) in enumerate(rows):
-            log_probs = self._token_log_probs(hidden[row], ids, start)
-            skipped = [end - k for end in ends for k in range(self._separator)]
-            log_probs[[p - start for p in skipped if p >= start]] = 0.0
-            lowest = torch.cummin(log_probs, dim=0).values if len(log_probs) else log_probs
-            scores = [float(torch.exp(lowest[end - start])) if end >= start else 1.0 for end in ends]
+            separators = [end - k - start for end in ends for k in range(self._separator)]
+            confidence = running_confidence(
+                self._token_log_probs(hidden[row], ids, start), [p for p in separators if p >= 0]
+            )
+            scores = [float(confidence[end - start]) if end >= start else 1.0 for end in ends]
             if truncated:
                 log.warning("%s: input cut to its last %d tokens", self.uri, self.max_length)
             results.append(Scored(step_scores=scores, tokens=len(ids), truncated=truncated))

@@ -266,7 +266,57 @@ def prm_inputs(
     return ids, positions
 
 
-class HFValueHeadPRM:
+def right_pad(rows: Sequence[Sequence[int]], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows right-padded with `fill` to the longest (at least 1 wide), and the attention mask."""
+    width = max((len(ids) for ids in rows), default=1)
+    input_ids = torch.full((len(rows), width), fill, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[row, : len(ids)] = 1
+    return input_ids, mask
+
+
+class LocalVerifier:
+    """What the transformers verifiers share: a local checkpoint on a device, and `score` in slices
+    of `max_batch`, one call at a time. Subclasses call `_load` and write `_score_batch`."""
+
+    uri: str
+    max_batch: int
+
+    def _load(
+        self,
+        model_class: Any,
+        path: str,
+        what: str,
+        *,
+        device: str,
+        dtype: str,
+        max_batch: int,
+        max_length: int | None = None,
+    ) -> Path:
+        """Load the model and tokenizer at `path`; sets device, batch, lock, parameters and max_length."""
+        location = _check_path(path)
+        self.device = pick_device(device)
+        self.max_batch = _check_max_batch(max_batch)
+        self.tokenizer, self.model = load_model(model_class, location, what, dtype=dtype, device=self.device)
+        self._lock = threading.Lock()
+        self.parameters = parameter_count(self.model)
+        self.max_length = max_length or int(getattr(self.model.config, "max_position_embeddings", 4096))
+        return location
+
+    def score(self, question: str, solutions: Sequence[Sequence[str]]) -> list[Scored]:
+        results: list[Scored] = []
+        with self._lock:
+            for start in range(0, len(solutions), self.max_batch):
+                results.extend(self._score_batch(question, solutions[start : start + self.max_batch]))
+        return results
+
+    def _score_batch(self, question: str, solutions: Sequence[Sequence[str]]) -> list[Scored]:
+        raise NotImplementedError
+
+
+class HFValueHeadPRM(LocalVerifier):
     """A PRM read at step separators: a token-classification head with one logit (sigmoid) or two
     (softmax, the positive class second), as Qwen2.5-Math-PRM-style models use."""
 
@@ -282,26 +332,18 @@ class HFValueHeadPRM:
     ) -> None:
         from transformers import AutoModelForTokenClassification
 
-        location = _check_path(path)
-        self.uri = uri or f"hf-prm:{location}"
-        self.device = pick_device(device)
-        self.max_batch = _check_max_batch(max_batch)
-        self.prompt_format = prompt_format
-        self.tokenizer, self.model = load_model(
-            AutoModelForTokenClassification, location, "a token-classification PRM", dtype=dtype, device=self.device
+        location = self._load(
+            AutoModelForTokenClassification,
+            path,
+            "a token-classification PRM",
+            device=device,
+            dtype=dtype,
+            max_batch=max_batch,
         )
+        self.uri = uri or f"hf-prm:{location}"
+        self.prompt_format = prompt_format
         if self.model.config.num_labels not in (1, 2):
             raise EngineError(f"PRM at {location} has num_labels={self.model.config.num_labels}; expected 1 or 2")
-        self._lock = threading.Lock()
-        self.parameters = parameter_count(self.model)
-        self.max_length = int(getattr(self.model.config, "max_position_embeddings", 4096))
-
-    def score(self, question: str, solutions: Sequence[Sequence[str]]) -> list[Scored]:
-        results: list[Scored] = []
-        with self._lock:
-            for start in range(0, len(solutions), self.max_batch):
-                results.extend(self._score_batch(question, solutions[start : start + self.max_batch]))
-        return results
 
     @torch.inference_mode()
     def _score_batch(self, question: str, solutions: Sequence[Sequence[str]]) -> list[Scored]:
@@ -313,13 +355,7 @@ class HFValueHeadPRM:
             (ids[-self.max_length :], [p - max(0, len(ids) - self.max_length) for p in positions])
             for ids, positions in encoded
         ]
-        width = max((len(ids) for ids, _ in encoded), default=1)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, (ids, _) in enumerate(encoded):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, : len(ids)] = 1
+        input_ids, mask = right_pad([ids for ids, _ in encoded], self.tokenizer.pad_token_id)
         logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
         if logits.shape[-1] == 1:
             probabilities = torch.sigmoid(logits[..., 0])

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import bisect
 import logging
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from ttc_nodes.engines.base import EngineError, Scored
-from ttc_nodes.engines.hf import _check_max_batch, _check_path, load_model, parameter_count, pick_device
+from ttc_nodes.engines.hf import LocalVerifier, right_pad
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ def step_tag_text(question: str, steps: Sequence[str], tag: str) -> tuple[str, l
     return text, ends
 
 
-class CausalLMPRM:
+class CausalLMPRM(LocalVerifier):
     """A causal LM read at one position per step: p(good) / (p(good) + p(bad)) of its next token.
 
     Subclasses say where: `encode` returns the token ids of a solution and, per step, the position
@@ -104,21 +103,21 @@ class CausalLMPRM:
     ) -> None:
         from transformers import AutoModelForCausalLM
 
-        location = _check_path(path)
-        self.uri = uri or f"hf:{location}?format={self.format_name}"
-        self.device = pick_device(device)
-        self.max_batch = _check_max_batch(max_batch)
-        self.tokenizer, self.model = load_model(
-            AutoModelForCausalLM, location, "a causal LM PRM", dtype=dtype, device=self.device
+        location = self._load(
+            AutoModelForCausalLM,
+            path,
+            "a causal LM PRM",
+            device=device,
+            dtype=dtype,
+            max_batch=max_batch,
+            max_length=max_length,
         )
+        self.uri = uri or f"hf:{location}?format={self.format_name}"
         if not self.tokenizer.is_fast:
             raise EngineError(f"PRM at {location} needs a fast tokenizer (character offsets locate its steps)")
         self.good_id = self._single_token(good, "good")
         self.bad_id = self._single_token(bad, "bad")
         self.good, self.bad = good, bad
-        self._lock = threading.Lock()
-        self.parameters = parameter_count(self.model)
-        self.max_length = max_length or int(getattr(self.model.config, "max_position_embeddings", 4096))
 
     def _single_token(self, text: str, role: str) -> int:
         return single_token(self.tokenizer, text, role)
@@ -126,22 +125,10 @@ class CausalLMPRM:
     def encode(self, question: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
         raise NotImplementedError
 
-    def score(self, question: str, solutions: Sequence[Sequence[str]]) -> list[Scored]:
-        results: list[Scored] = []
-        with self._lock:
-            for start in range(0, len(solutions), self.max_batch):
-                results.extend(self._score_batch(question, solutions[start : start + self.max_batch]))
-        return results
-
     @torch.inference_mode()
     def _score_batch(self, question: str, solutions: Sequence[Sequence[str]]) -> list[Scored]:
         encoded = [self._fit(*self.encode(question, steps)) for steps in solutions]
-        width = max((len(ids) for ids, _, _ in encoded), default=1)
-        input_ids = torch.zeros((len(encoded), width), dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, (ids, _, _) in enumerate(encoded):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, : len(ids)] = 1
+        input_ids, mask = right_pad([ids for ids, _, _ in encoded], 0)
         # Project only the positions that are read: full-vocabulary logits at every position of a
         # long batch would not fit in memory.
         wanted = sorted({p for _, positions, _ in encoded for p in positions if p >= 0}) or [0]

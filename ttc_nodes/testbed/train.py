@@ -36,6 +36,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from torch.nn import functional as F
 
+from ttc_nodes.engines.confidence import running_confidence
 from ttc_nodes.engines.hf import prm_inputs, quiet_transformers
 from ttc_nodes.prompts import DEFAULT_FORMAT
 from ttc_nodes.testbed import task
@@ -357,14 +358,8 @@ def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]]) -> tuple[torch.Ten
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
         rows.append((prompt_ids + target_ids, [-100] * len(prompt_ids) + target_ids))
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, (ids, targets) in enumerate(rows):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(ids)] = torch.tensor(targets)
-        mask[row, : len(ids)] = 1
+    input_ids, mask = _pad([torch.tensor(ids) for ids, _ in rows], tokenizer.pad_token_id)
+    labels, _ = _pad([torch.tensor(targets) for _, targets in rows], -100)
     return input_ids, labels, mask
 
 
@@ -519,10 +514,11 @@ def confidence_targets(log_probs: torch.Tensor, answer_start: int, skipped: Sequ
     layout, not the proposer's writing (after the last step it would have ended the answer instead)."""
     targets = torch.full((len(log_probs), 2), -1.0)
     if answer_start < len(log_probs):
-        kept = log_probs.clone()
-        kept[list(skipped)] = 0.0
-        targets[answer_start:, 0] = torch.exp(torch.cummin(kept[answer_start:], dim=0).values)
-        targets[answer_start:, 1] = torch.exp(kept[answer_start:])
+        answer = [position - answer_start for position in skipped if position >= answer_start]
+        targets[answer_start:, 0] = running_confidence(log_probs[answer_start:], answer)
+        own = log_probs[answer_start:].clone()
+        own[answer] = 0.0
+        targets[answer_start:, 1] = torch.exp(own)
     return targets
 
 
