@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -11,7 +12,7 @@ from ttc_nodes.engines.uris import load_proposer, load_verifier
 from ttc_nodes.prompts import DEFAULT_FORMAT
 from ttc_nodes.testbed import task
 from ttc_nodes.testbed.checkpoints import checkpoint_path
-from ttc_nodes.testbed.train import QUICK_RECIPE, train
+from ttc_nodes.testbed.train import QUICK_RECIPE, length_grouped_batches, train
 
 
 @pytest.mark.slow
@@ -103,3 +104,27 @@ def test_a_later_stage_without_earlier_output_or_an_unknown_stage_is_refused(tmp
         train(tmp_path, quick=True, stop="critic")
     with pytest.raises(ValueError, match="--stop samples comes before --start prm"):
         train(tmp_path, quick=True, start="prm", stop="samples")
+
+
+def test_length_grouped_batches_cut_sorted_draws_into_non_overlapping_batches():
+    lengths = [random.Random(index).randint(1, 1000) for index in range(300)]
+    items = list(range(300))
+    batches = list(length_grouped_batches(items, lengths, batch=4, steps=50, rng=random.Random(3), group=5))
+    assert len(batches) == 50
+    assert all(len(batch) == 4 for batch in batches)
+    for start in range(0, 50, 5):  # each draw of 5 batches: no repeats, and length ranges that do not overlap
+        draw = batches[start : start + 5]
+        assert len({item for batch in draw for item in batch}) == 20
+        ranges = sorted((min(lengths[i] for i in batch), max(lengths[i] for i in batch)) for batch in draw)
+        assert all(high <= next_low for (_, high), (next_low, _) in zip(ranges, ranges[1:]))
+    again = list(length_grouped_batches(items, lengths, batch=4, steps=50, rng=random.Random(3), group=5))
+    assert again == batches
+    padded = sum(4 * max(lengths[i] for i in batch) for batch in batches)
+    rng = random.Random(3)
+    random_padded = sum(4 * max(lengths[i] for i in rng.sample(items, 4)) for _ in range(50))
+    assert padded < 0.8 * random_padded
+
+
+def test_length_grouped_batches_with_fewer_items_than_a_batch():
+    batches = list(length_grouped_batches(["a", "bb"], [1, 2], batch=4, steps=3, rng=random.Random(0)))
+    assert batches == [["a", "bb"]] * 3
