@@ -35,9 +35,15 @@ def chatml(messages: list[dict[str, str]]) -> str:
 # --- layouts -------------------------------------------------------------------------------------------
 
 
-def test_the_default_layout_is_unchanged() -> None:
+def test_the_default_layout_restates_the_question_after_the_attempts() -> None:
     assert DEFAULT_FORMAT.solution("1+1?", ["1+1=2"]) == "Question: 1+1?\nSolution:\n1+1=2\n\n"
-    assert DEFAULT_FORMAT.revision("1+1?", ["3"]) == "Question: 1+1?\n\nAttempt 1:\n3\n\nRevised solution:\n"
+    assert DEFAULT_FORMAT.revision("1+1?", ["3"]) == (
+        "Question: 1+1?\n\nAttempt 1:\n3\n\nQuestion: 1+1?\nRevised solution:\n"
+    )
+    assert DEFAULT_FORMAT.revision("1+1?", []) == "Question: 1+1?\n\nRevised solution:\n"
+    assert PromptFormat(revision_reminder="").revision("1+1?", ["3"]) == (
+        "Question: 1+1?\n\nAttempt 1:\n3\n\nRevised solution:\n"
+    )
     assert not DEFAULT_FORMAT.chat and DEFAULT_FORMAT.few_shot == ()
 
 
@@ -59,7 +65,7 @@ def test_a_chat_layout_puts_the_question_in_the_user_turn_and_the_steps_in_the_a
         "a\n\nb\n\n"
     )
     assert layout.revision(question, ["7"]) == chatml(
-        [{"role": "user", "content": f"Question: {question}\n\nAttempt 1:\n7\n\nRevised solution:"}]
+        [{"role": "user", "content": f"Question: {question}\n\nAttempt 1:\n7\n\nQuestion: {question}\nRevised solution:"}]
     )
     assert layout.split_steps("a\n\nb") == ["a", "b"]
 

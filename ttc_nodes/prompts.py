@@ -31,6 +31,10 @@ class PromptFormat(BaseModel):
     step_separator: str = STEP_SEPARATOR
     attempt_template: str = "Attempt {index}:\n{answer}\n\n"
     revision_header: str = "Question: {question}\n\n"
+    revision_reminder: str = "Question: {question}\n"
+    """Written after the attempts (when there are any), so the question sits beside the revised
+    solution; without it the small testbed reviser, four attempts away from the question, loses
+    track of its operands. An empty string leaves it out."""
     revision_footer: str = "Revised solution:\n"
     max_attempts_in_context: int = 4
     few_shot: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -85,7 +89,8 @@ class PromptFormat(BaseModel):
         """Prompt for a revised answer given the most recent earlier attempts (at most 4 are shown)."""
         shown = list(attempts)[-self.max_attempts_in_context :] if attempts else []
         body = "".join(self.attempt_template.format(index=i, answer=answer) for i, answer in enumerate(shown, 1))
-        return self.revision_header.format(question=question) + body + self.revision_footer
+        reminder = self.revision_reminder.format(question=question) if shown else ""
+        return self.revision_header.format(question=question) + body + reminder + self.revision_footer
 
     def split_steps(self, answer: str) -> list[str]:
         """Split a full answer into its steps (blank-line separated, empty pieces dropped)."""

@@ -28,11 +28,11 @@ class ModelSize:
     layers: int = 4
     heads: int = 3  # head size = hidden / heads = 32, the least vLLM accepts
     intermediate: int = 256
-    max_positions: int = 1024  # covers a revision prompt with 4 attempts and its answer
+    max_positions: int = 1280  # covers a revision prompt with 4 attempts of 192 tokens, the restated question and its answer
 
 
 FULL = ModelSize()
-QUICK = ModelSize(hidden=64, layers=1, heads=2, intermediate=128, max_positions=1024)
+QUICK = ModelSize(hidden=64, layers=1, heads=2, intermediate=128, max_positions=1280)
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
