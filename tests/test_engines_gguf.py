@@ -65,7 +65,12 @@ def test_a_chat_layout_puts_the_question_in_the_user_turn_and_the_steps_in_the_a
         "a\n\nb\n\n"
     )
     assert layout.revision(question, ["7"]) == chatml(
-        [{"role": "user", "content": f"Question: {question}\n\nAttempt 1:\n7\n\nQuestion: {question}\nRevised solution:"}]
+        [
+            {
+                "role": "user",
+                "content": f"Question: {question}\n\nAttempt 1:\n7\n\nQuestion: {question}\nRevised solution:",
+            }
+        ]
     )
     assert layout.split_steps("a\n\nb") == ["a", "b"]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import random
 
@@ -116,7 +118,7 @@ def test_length_grouped_batches_cut_sorted_draws_into_non_overlapping_batches():
         draw = batches[start : start + 5]
         assert len({item for batch in draw for item in batch}) == 20
         ranges = sorted((min(lengths[i] for i in batch), max(lengths[i] for i in batch)) for batch in draw)
-        assert all(high <= next_low for (_, high), (next_low, _) in zip(ranges, ranges[1:]))
+        assert all(high <= next_low for (_, high), (next_low, _) in itertools.pairwise(ranges))
     again = list(length_grouped_batches(items, lengths, batch=4, steps=50, rng=random.Random(3), group=5))
     assert again == batches
     padded = sum(4 * max(lengths[i] for i in batch) for batch in batches)
@@ -128,3 +130,36 @@ def test_length_grouped_batches_cut_sorted_draws_into_non_overlapping_batches():
 def test_length_grouped_batches_with_fewer_items_than_a_batch():
     batches = list(length_grouped_batches(["a", "bb"], [1, 2], batch=4, steps=3, rng=random.Random(0)))
     assert batches == [["a", "bb"]] * 3
+
+
+def test_weighted_length_grouped_batches_draw_in_proportion_to_the_weights():
+    items = list(range(40))
+    lengths = [index % 7 for index in items]
+    weights = [0.0 if index % 2 else (3.0 if index < 20 else 1.0) for index in items]
+    batches = list(length_grouped_batches(items, lengths, batch=8, steps=400, rng=random.Random(5), weights=weights))
+    drawn = [item for batch in batches for item in batch]
+    assert len(batches) == 400 and all(len(batch) == 8 for batch in batches)
+    assert not [item for item in drawn if item % 2]  # weight 0: never drawn
+    heavy = sum(item < 20 for item in drawn) / len(drawn)
+    assert abs(heavy - 0.75) < 0.02  # 10 items of weight 3 against 10 of weight 1
+
+
+def test_the_reviser_draws_every_question_equally_often(monkeypatch):
+    from ttc_nodes.testbed import train as training
+    from ttc_nodes.testbed.model import build_tokenizer, new_causal_lm
+
+    tokenizer = build_tokenizer()
+    proposer = new_causal_lm(QUICK_RECIPE.size, tokenizer, 0)
+    easy = ("Compute 1 + 1.", [], "1 + 1 = \\boxed{2}")
+    examples = [easy] * 9 + [("Compute 9 * 5.", ["9 * 5 = 44"], "9 * 5 = \\boxed{45}")]
+    seen: list[str] = []
+
+    def record(model, tokenizer, batches, steps, lr, name):
+        seen.extend(prompt for batch in batches for prompt, _ in batch)
+
+    monkeypatch.setattr(training, "fit_causal_lm", record)
+    recipe = dataclasses.replace(QUICK_RECIPE, reviser_steps=50)
+    training.train_reviser(recipe, tokenizer, proposer, examples, seed=0)
+    assert len(seen) == recipe.reviser_steps * recipe.reviser_batch
+    share = sum("9 * 5" in prompt for prompt in seen) / len(seen)
+    assert 0.4 < share < 0.6  # one example of ten, drawn half the time (uniform draws: a tenth)

@@ -28,7 +28,7 @@ class ModelSize:
     layers: int = 4
     heads: int = 3  # head size = hidden / heads = 32, the least vLLM accepts
     intermediate: int = 256
-    max_positions: int = 1280  # covers a revision prompt with 4 attempts of 192 tokens, the restated question and its answer
+    max_positions: int = 1280  # a revision prompt: 4 attempts of 192 tokens, the question twice, the answer
 
 
 FULL = ModelSize()

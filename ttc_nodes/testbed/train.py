@@ -26,6 +26,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -440,16 +441,15 @@ def train_prm(
         for (hidden, log_probs), (question, _), (_, ends) in zip(states, answered, encoded, strict=True)
     ]
 
-    def distill_batches() -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
-        for _ in range(recipe.prm_distill_steps):
-            yield rng.sample(confident, min(recipe.prm_batch, len(confident)))
-
     if confident and recipe.prm_distill_steps:
         token_head = on_device(torch.nn.Linear(head.config.hidden_size, 1))  # training only; not saved
         trained = torch.nn.ModuleList([head, token_head])
+        distill_batches = length_grouped_batches(
+            confident, [len(hidden) for hidden, _ in confident], recipe.prm_batch, recipe.prm_distill_steps, rng
+        )
         optimise(
             trained,
-            map(partial(_distill_loss, head, token_head), distill_batches()),
+            map(partial(_distill_loss, head, token_head), distill_batches),
             recipe.prm_distill_steps,
             recipe.prm_distill_lr,
             "PRM distil",
@@ -563,37 +563,56 @@ def _pad(rows: Sequence[torch.Tensor], fill: float) -> tuple[torch.Tensor, torch
 
 
 def train_reviser(recipe: Recipe, tokenizer, proposer, examples, seed: int) -> torch.nn.Module:
-    """A copy of the proposer fine-tuned on (revision prompt with wrong attempts → correct answer)."""
+    """A copy of the proposer fine-tuned on (revision prompt with wrong attempts → correct answer).
+
+    Every question weighs the same: an easy question gives up to 16 examples (one per correct
+    answer) and a hard one few or none, so drawing examples uniformly would teach mostly short, easy
+    solutions. (On 100 held-out problems × 4 chains, pass@1 at chain positions 0–4 was 0.415, 0.390,
+    0.398, 0.410, 0.368 drawing uniformly and 0.422, 0.442, 0.438, 0.448, 0.422 per question.)
+    """
     reviser = on_device(new_causal_lm(recipe.size, tokenizer, seed))
     reviser.load_state_dict(proposer.state_dict())
-    pairs = [
-        (DEFAULT_FORMAT.revision(question, attempts), target + tokenizer.eos_token)
+    # One character is one token: drop the rare context of rambling attempts that would not fit.
+    kept = [
+        (question, DEFAULT_FORMAT.revision(question, attempts), target + tokenizer.eos_token)
         for question, attempts, target in examples
     ]
-    # One character is one token: drop the rare context of rambling attempts that would not fit.
-    pairs = [pair for pair in pairs if len(pair[0]) + len(pair[1]) < recipe.size.max_positions]
-    if pairs:
+    kept = [row for row in kept if len(row[1]) + len(row[2]) < recipe.size.max_positions]
+    if kept:
+        per_question = Counter(question for question, _, _ in kept)
         batches = length_grouped_batches(
-            pairs,
-            [len(prompt) + len(target) for prompt, target in pairs],
+            [(prompt, target) for _, prompt, target in kept],
+            [len(prompt) + len(target) for _, prompt, target in kept],
             recipe.reviser_batch,
             recipe.reviser_steps,
             random.Random(f"reviser-{seed}"),
+            weights=[1 / per_question[question] for question, _, _ in kept],
         )
         fit_causal_lm(reviser, tokenizer, batches, recipe.reviser_steps, recipe.reviser_lr, "reviser")
     return reviser
 
 
 def length_grouped_batches(
-    items: Sequence[T], lengths: Sequence[int], batch: int, steps: int, rng: random.Random, group: int = 8
+    items: Sequence[T],
+    lengths: Sequence[int],
+    batch: int,
+    steps: int,
+    rng: random.Random,
+    group: int = 8,
+    weights: Sequence[float] | None = None,
 ) -> Iterator[list[T]]:
     """`steps` random batches of `batch` items with little padding: each draw of `group` batches'
-    worth of items (without replacement) is sorted by length and cut into batches, which come out
-    in random order. (Revision prompts run from a bare question to four attempts, 30 to 1000
-    tokens; random batches of them are 62% padding, grouped ones 22%.)"""
+    worth of items is sorted by length and cut into batches, which come out in random order.
+    Items are drawn without replacement, or with replacement in proportion to `weights`.
+    (Revision prompts run from a bare question to four attempts, 30 to 1000 tokens; random batches
+    of them are 62% padding, grouped ones 22%. Random batches of PRM answers are 49% padding,
+    grouped ones 8%.)"""
     made = 0
     while made < steps:
-        drawn = rng.sample(range(len(items)), min(len(items), batch * group))
+        if weights is None:
+            drawn = rng.sample(range(len(items)), min(len(items), batch * group))
+        else:
+            drawn = rng.choices(range(len(items)), weights=weights, k=batch * group)
         drawn.sort(key=lambda index: lengths[index])
         chunks = [drawn[start : start + batch] for start in range(0, len(drawn), batch)]
         rng.shuffle(chunks)
