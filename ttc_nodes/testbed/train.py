@@ -605,7 +605,7 @@ def length_grouped_batches(
     """`steps` random batches of `batch` items with little padding: each draw of `group` batches'
     worth of items is sorted by length and cut into batches, which come out in random order.
     Items are drawn without replacement, or with replacement in proportion to `weights`.
-    (Revision prompts run from a bare question to four attempts, 30 to 1000 tokens; random batches
+    (Revision prompts run from a bare question to four attempts, 30 to 1200 tokens; random batches
     of them are 62% padding, grouped ones 22%. Random batches of PRM answers are 49% padding,
     grouped ones 8%.)"""
     made = 0
