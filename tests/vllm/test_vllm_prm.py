@@ -24,7 +24,7 @@ from ttc_nodes.testbed import task
 from ttc_nodes.testbed.checkpoints import SHIPPED
 
 # max_model_len equals the testbed PRM's max_position_embeddings, where HFValueHeadPRM truncates.
-OPTIONS = "dtype=float32&max_model_len=1024&enforce_eager=1&block_size=32"
+OPTIONS = "dtype=float32&max_model_len=1280&enforce_eager=1&block_size=32"
 
 
 def worked_solutions() -> list[list[str]]:
@@ -87,7 +87,7 @@ def test_each_score_lands_on_its_step_in_a_batch_of_several_lengths(sharp_prm):
     question = "1+2+3+1+2?"
     longest = ["1+2=3", "3+3=33", "3+1", "1+2=3", "\\boxed{3}"]
     solutions = [longest[:3], longest, [], longest[:1], longest[:4], longest[:2]]
-    engine = load_verifier(f"vllm:{sharp_prm}?{OPTIONS.replace('1024', '512')}")
+    engine = load_verifier(f"vllm:{sharp_prm}?{OPTIONS.replace('1280', '512')}")
     reference = HFValueHeadPRM(str(sharp_prm), device="cpu", dtype="float32")
 
     batch = engine.score(question, solutions)
@@ -106,7 +106,7 @@ def test_each_score_lands_on_its_step_in_a_batch_of_several_lengths(sharp_prm):
 
 
 def test_a_question_longer_than_the_context_is_cut_from_the_start_as_hf_cuts_it(value_head, hf_value_head):
-    question = "Compute " + " + ".join(["1"] * 400) + "."  # 1,600 tokens against a 1,024-token context
+    question = "Compute " + " + ".join(["1"] * 400) + "."  # 1,600 tokens against the PRM's 1,280-token context
     solutions = [["1 + 1 = 2", "2 + 1 = \\boxed{3}"], ["1 + 1 = 3"]]
 
     got = value_head.score(question, solutions)
@@ -114,7 +114,7 @@ def test_a_question_longer_than_the_context_is_cut_from_the_start_as_hf_cuts_it(
 
     for ours, theirs in zip(got, expected, strict=True):
         assert ours.truncated and theirs.truncated
-        assert ours.tokens == theirs.tokens == 1024
+        assert ours.tokens == theirs.tokens == 1280
         assert ours.step_scores == pytest.approx(theirs.step_scores, abs=1e-6)
 
 
@@ -138,7 +138,7 @@ def tag_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_step_tag_scores_equal_the_transformers_step_tag_prm(tag_lm):
     question = "What is 1+2+3?"
     solutions = [["1+2=3", "3+3=6"], ["1+2=3", "3+3=6", "6=6", "so 6"], ["6"], ["1+2=4", "4+3=7", "7"]]
-    engine = load_verifier(f"vllm:{tag_lm}?format=step_tag&{OPTIONS.replace('1024', '512')}")
+    engine = load_verifier(f"vllm:{tag_lm}?format=step_tag&{OPTIONS.replace('1280', '512')}")
     assert isinstance(engine, VLLMRewardPRM)
     reference = StepTagPRM(str(tag_lm), device="cpu")
 
@@ -219,7 +219,7 @@ def test_qwen_prm_scores_follow_the_model_card_on_a_tiny_checkpoint(qwen_prm):
     directory, body, head = qwen_prm
     question = "What is 1+2+3?"
     solutions = [["1+2=3", "3+3=6", "\\boxed{6}"], ["1+2=4"], ["1+2=3", "3+3=7"]]
-    engine = load_verifier(f"vllm:{directory}?{OPTIONS.replace('1024', '512')}")
+    engine = load_verifier(f"vllm:{directory}?{OPTIONS.replace('1280', '512')}")
     assert isinstance(engine, VLLMRewardPRM) and engine.format == "qwen_prm"
     tokenizer = AutoTokenizer.from_pretrained(directory)
 
