@@ -266,15 +266,18 @@ def prm_inputs(
     return ids, positions
 
 
-def right_pad(rows: Sequence[Sequence[int]], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id rows right-padded with `fill` to the longest (at least 1 wide), and the attention mask."""
-    width = max((len(ids) for ids in rows), default=1)
-    input_ids = torch.full((len(rows), width), fill, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, ids in enumerate(rows):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[row, : len(ids)] = 1
-    return input_ids, mask
+def right_pad(rows: Sequence[Sequence[int] | torch.Tensor], fill: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows right-padded with `fill` to the longest (at least 1 wide), and the attention mask. A row
+    is a list of token ids (padded as int64) or a tensor of any trailing shape (keeps its dtype)."""
+    tensors = [row if isinstance(row, torch.Tensor) else torch.tensor(row, dtype=torch.long) for row in rows]
+    width = max((len(row) for row in tensors), default=1)
+    trailing, dtype = (tensors[0].shape[1:], tensors[0].dtype) if tensors else ((), torch.long)
+    padded = torch.full((len(tensors), width, *trailing), fill, dtype=dtype)
+    mask = torch.zeros((len(tensors), width), dtype=torch.long)
+    for index, row in enumerate(tensors):
+        padded[index, : len(row)] = row
+        mask[index, : len(row)] = 1
+    return padded, mask
 
 
 class LocalVerifier:

@@ -39,7 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from torch.nn import functional as F
 
 from ttc_nodes.engines.confidence import running_confidence
-from ttc_nodes.engines.hf import prm_inputs, quiet_transformers
+from ttc_nodes.engines.hf import prm_inputs, quiet_transformers, right_pad
 from ttc_nodes.prompts import DEFAULT_FORMAT
 from ttc_nodes.testbed import task
 from ttc_nodes.testbed.model import (
@@ -361,8 +361,8 @@ def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]]) -> tuple[torch.Ten
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
         rows.append((prompt_ids + target_ids, [-100] * len(prompt_ids) + target_ids))
-    input_ids, mask = _pad([torch.tensor(ids) for ids, _ in rows], tokenizer.pad_token_id)
-    labels, _ = _pad([torch.tensor(targets) for _, targets in rows], -100)
+    input_ids, mask = right_pad([ids for ids, _ in rows], tokenizer.pad_token_id)
+    labels, _ = right_pad([targets for _, targets in rows], -100)
     return input_ids, labels, mask
 
 
@@ -496,7 +496,7 @@ def body_states(
             bar = progress.add_task(name, total=len(sequences), loss=float("nan"))
             for start in range(0, len(order), batch):
                 chosen = order[start : start + batch]
-                input_ids, mask = _pad([torch.tensor(sequences[i]) for i in chosen], 0)
+                input_ids, mask = right_pad([sequences[i] for i in chosen], 0)
                 logits = proposer(input_ids=input_ids.to(DEVICE), attention_mask=mask.to(DEVICE)).logits.float()
                 picked = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None].to(DEVICE))[..., 0]
                 for row, index in enumerate(chosen):
@@ -526,38 +526,29 @@ def confidence_targets(log_probs: torch.Tensor, answer_start: int, skipped: Sequ
 
 def _head_loss(head, batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """BCE of the PRM head's logits on body states against soft targets (positions < 0 skipped)."""
-    states, mask = _pad([hidden for hidden, _ in batch], 0.0)
-    targets, _ = _pad([target for _, target in batch], -1.0)
-    logits = head(inputs_embeds=states.to(DEVICE), attention_mask=mask.to(DEVICE)).logits[..., 0]
-    return _soft_bce(logits, targets.to(DEVICE))
+    states, mask, targets = _padded(batch)
+    return _soft_bce(head(inputs_embeds=states, attention_mask=mask).logits[..., 0], targets)
 
 
 def _distill_loss(head, token_head, batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """The value head against running confidence plus a token head against each token's probability."""
-    states, mask = _pad([hidden for hidden, _ in batch], 0.0)
-    targets, _ = _pad([target for _, target in batch], -1.0)
-    hidden = head.model(inputs_embeds=states.to(DEVICE), attention_mask=mask.to(DEVICE)).last_hidden_state
-    hidden = head.dropout(hidden)
-    targets = targets.to(DEVICE)
+    states, mask, targets = _padded(batch)
+    hidden = head.dropout(head.model(inputs_embeds=states, attention_mask=mask).last_hidden_state)
     return _soft_bce(head.score(hidden)[..., 0], targets[..., 0]) + _soft_bce(
         token_head(hidden)[..., 0], targets[..., 1]
     )
 
 
+def _padded(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+    """Body states, attention mask and targets (-1 on padding) of a batch, on the training device."""
+    states, mask = right_pad([hidden for hidden, _ in batch], 0.0)
+    targets, _ = right_pad([target for _, target in batch], -1.0)
+    return states.to(DEVICE), mask.to(DEVICE), targets.to(DEVICE)
+
+
 def _soft_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     scored = targets >= 0
     return F.binary_cross_entropy_with_logits(logits[scored], targets[scored])
-
-
-def _pad(rows: Sequence[torch.Tensor], fill: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded stack of variable-length rows (first dimension), and the attention mask."""
-    width = max(len(row) for row in rows)
-    padded = torch.full((len(rows), width, *rows[0].shape[1:]), fill, dtype=rows[0].dtype)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        padded[index, : len(row)] = row
-        mask[index, : len(row)] = 1
-    return padded, mask
 
 
 # ---------------------------------------------------------------------------------------- reviser
