@@ -321,3 +321,28 @@ def test_the_same_uri_loads_one_engine(tiny_lm: Path, proposer: HFProposer) -> N
     assert load_proposer(uri) is load_proposer(uri) is proposer
     assert proposer.uri == uri
     assert load_proposer(f"hf:{tiny_lm}?device=cpu&max_batch=3") is not proposer
+
+
+def test_tokens_until_a_stop_string_is_the_fewest_tokens_that_decode_that_far(proposer: HFProposer) -> None:
+    """The binary search in `_tokens_until` against the plain scan over every token count."""
+    import random
+
+    from ttc_nodes.engines.hf import _tokens_until
+
+    tokenizer = proposer.tokenizer
+    rng = random.Random(0)
+    vocabulary = [tokenizer.encode(piece, add_special_tokens=False) for piece in ["12", " + ", "\n\n", "}", "ab", "é"]]
+    checked = 0
+    for _ in range(200):
+        ids = [token for _ in range(rng.randint(1, 12)) for token in rng.choice(vocabulary)]
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        for stop in STOPS:
+            if stop not in text:
+                continue
+            kept = text[: text.find(stop)]
+            target = len(kept) + len(stop)
+            lengths = [len(tokenizer.decode(ids[:n], skip_special_tokens=True)) for n in range(1, len(ids) + 1)]
+            scanned = next((n for n, length in enumerate(lengths, 1) if length >= target), len(ids))
+            assert _tokens_until(tokenizer, ids, kept, stop) == scanned
+            checked += 1
+    assert checked > 100

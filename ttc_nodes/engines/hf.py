@@ -6,6 +6,7 @@ GPU, and never touch the network (`local_files_only=True`).
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 from collections.abc import Sequence
@@ -237,12 +238,13 @@ def _first_stop(text: str, stop: Sequence[str]) -> tuple[str | None, int]:
 
 
 def _tokens_until(tokenizer: Any, ids: list[int], kept: str, stop_string: str) -> int:
-    """How many generated tokens it took to produce `kept` followed by the stop string."""
+    """How many generated tokens it took to produce `kept` followed by the stop string: the fewest
+    whose decoded text is that long (a binary search; decoded length grows with the token count)."""
     target = len(kept) + len(stop_string)
-    for count in range(1, len(ids) + 1):
-        if len(tokenizer.decode(ids[:count], skip_special_tokens=True)) >= target:
-            return count
-    return len(ids)
+    count = bisect.bisect_left(
+        range(1, len(ids) + 1), target, key=lambda n: len(tokenizer.decode(ids[:n], skip_special_tokens=True))
+    )
+    return min(count + 1, len(ids))
 
 
 def prm_inputs(
