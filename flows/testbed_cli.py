@@ -86,16 +86,19 @@ def print_report(result: dict[str, Any]) -> None:
     table = Table(title=f"difficulty quintiles (oracle pass@1), N={best_of_n['budget']} for voting")
     columns = ["bin", "problems", "mean level", "proposer pass@1", "weighted BoN (PRM)"]
     columns += ["weighted BoN (confidence)"] if confidence else []
-    for column in [*columns, "majority"]:
+    separates = "within_problem_auc" in best_of_n  # reports written before it lack it
+    for column in [*columns, "majority", *(["PRM AUC within a question"] if separates else [])]:
         table.add_column(column, justify="right")
     confident = confidence["best_of_n"]["by_quintile"] if confidence else [None] * len(proposer["by_quintile"])
     for row, vote, other in zip(proposer["by_quintile"], best_of_n["by_quintile"], confident, strict=True):
         cells = [str(row["bin"]), str(row["problems"]), f"{row['mean_level']:.1f}", f"{row['pass_at_1']:.3f}"]
         cells += [f"{vote['weighted']:.3f}"] + ([f"{other['weighted']:.3f}"] if other else [])
-        table.add_row(*cells, f"{vote['majority']:.3f}")
+        table.add_row(*cells, f"{vote['majority']:.3f}", *([_fmt(vote["within_problem_auc"])] if separates else []))
     totals = ["all", "", "", f"{proposer['pass_at_1']:.3f}", f"{best_of_n['weighted']:.3f}"]
     totals += [f"{confidence['best_of_n']['weighted']:.3f}"] if confidence else []
-    table.add_row(*totals, f"{best_of_n['majority']:.3f}")
+    table.add_row(
+        *totals, f"{best_of_n['majority']:.3f}", *([_fmt(best_of_n["within_problem_auc"])] if separates else [])
+    )
     console.print(table)
 
     levels = Table(title="proposer pass@1 by generator level")
@@ -128,6 +131,14 @@ def print_report(result: dict[str, Any]) -> None:
         f"correct answers broken by the next revision: {reviser['share_of_correct_broken_by_next_revision']:.2f}; "
         f"proposer pass@1 on the same problems: {reviser['proposer_pass_at_1_same_problems']:.3f}"
     )
+    if "fix_rate" in reviser:
+        console.print(
+            f"wrong answers fixed by the next revision: {_fmt(reviser['fix_rate'])} "
+            f"(a fresh sample: {_fmt(reviser['resample_fix_baseline'])}); copied verbatim: "
+            f"{_fmt(reviser['kept_verbatim_after_right'])} of right, {_fmt(reviser['kept_verbatim_after_wrong'])} of "
+            f"wrong answers; changes to a wrong answer starting at its first wrong step: "
+            f"{_fmt(reviser['changed_wrong_at_first_error'])}"
+        )
 
 
 def _fmt(value: float | None) -> str:

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 
+import numpy as np
 import pytest
 
 from flows.testbed_cli import print_report
-from ttc_nodes.testbed.report import ReportSettings, auc, build_report, majority_vote, weighted_vote
+from ttc_nodes.prompts import DEFAULT_FORMAT
+from ttc_nodes.testbed import task
+from ttc_nodes.testbed.report import (
+    ReportSettings,
+    auc,
+    build_report,
+    majority_vote,
+    revision_transitions,
+    weighted_vote,
+    within_problem_auc,
+)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -32,6 +44,46 @@ def test_weighted_vote_is_the_answer_with_the_largest_score_sum(seed):
     counts = {a: answers.count(a) for a in set(answers) - {None}}
     assert counts[majority_vote(answers)] == max(counts.values())
     assert weighted_vote([None, None], [1.0, 2.0]) is None and majority_vote([None]) is None
+
+
+def test_within_problem_auc_ranks_each_questions_answers_alone():
+    rng = random.Random(3)
+    scores = [[rng.random() for _ in range(8)] for _ in range(6)]
+    correct = [[rng.random() < 0.5 for _ in range(8)] for _ in range(5)] + [[True] * 8]
+    separation = within_problem_auc(scores, correct)
+
+    for index in range(5):
+        assert separation[index] == pytest.approx(auc(scores[index], correct[index]))
+    assert math.isnan(separation[5])  # every answer right: nothing to rank
+    # Scores that only tell questions apart separate nothing within a question.
+    constant = within_problem_auc([[float(i)] * 8 for i in range(5)], correct[:5])
+    assert constant.tolist() == pytest.approx([0.5] * 5)
+
+
+def test_revision_transitions_count_keeps_fixes_and_where_a_wrong_answer_was_changed():
+    problem = task.problems(1, seed=4, difficulty=3)[0]
+    steps = task.worked_solution(problem.start, problem.operations)
+    assert len(steps) >= 2
+
+    def slipped(index: int) -> str:  # the same solution with step `index`'s result off by one
+        value, op, operand, result = task.parse_step(steps[index])
+        wrong = [*steps[:index], task.step_text(value, op, operand, result + 1, index == len(steps) - 1)]
+        return DEFAULT_FORMAT.join_steps([*wrong, *steps[index + 1 :]])
+
+    right, wrong_at_1, wrong_at_0 = DEFAULT_FORMAT.join_steps(steps), slipped(1), slipped(0)
+    chains = [[wrong_at_1, right, right], [right, wrong_at_0, wrong_at_0], [wrong_at_1, wrong_at_0, right]]
+    hits = np.array([[[task.prefix_correct(problem, DEFAULT_FORMAT.split_steps(t))[-1] for t in c] for c in chains]])
+    assert hits.tolist() == [[[False, True, True], [True, False, False], [False, False, True]]]
+
+    stats = revision_transitions([problem], [chains], hits)
+
+    assert stats["fix_rate"] == 2 / 4  # four revisions of a wrong answer, two of them right
+    assert stats["kept_verbatim_after_right"] == 1 / 2
+    assert stats["kept_verbatim_after_wrong"] == 1 / 4
+    # Three changed a wrong answer; two changed it at its first wrong step, one before it.
+    assert stats["changed_wrong_at_first_error"] == pytest.approx(2 / 3)
+    # Chains 0 and 2 start wrong; of the other two chains, one starts right.
+    assert stats["resample_fix_baseline"] == 1 / 2
 
 
 @pytest.mark.slow
@@ -63,7 +115,13 @@ def test_a_small_report_on_quick_models_measures_every_section(quick_models, mon
         assert section["majority"] == report["best_of_n"]["majority"]  # the same draws for every verifier
     assert report["prm"]["steps_scored"] == report["confidence"]["steps_scored"] > 0
     assert len(report["reviser"]["pass_at_1_by_position"]) == 2
+    transitions = ("fix_rate", "kept_verbatim_after_right", "kept_verbatim_after_wrong", "changed_wrong_at_first_error")
+    for name in transitions:  # None where no revision had that kind of answer before it
+        assert report["reviser"][name] is None or 0.0 <= report["reviser"][name] <= 1.0
+    assert any(report["reviser"][name] is not None for name in transitions)
+    assert report["reviser"]["resample_fix_baseline"] is None  # one chain per question: no other to resample
     printed = io.StringIO()
     monkeypatch.setattr(flows.testbed_cli, "console", Console(file=printed, width=200))
     print_report(report)
     assert "weighted BoN (confidence)" in printed.getvalue() and "reviser pass@1" in printed.getvalue()
+    assert "fixed by the next revision" in printed.getvalue() and "AUC within a question" in printed.getvalue()

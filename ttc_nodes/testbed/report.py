@@ -2,10 +2,12 @@
 
 - proposer pass@1 per oracle-difficulty quintile (and per generator level);
 - PRM step-level AUC against exact step correctness and against Monte-Carlo rollout labels;
-- weighted best-of-N (last-step PRM score, summed per answer) against majority vote at N=16;
+- weighted best-of-N (last-step PRM score, summed per answer) against majority vote at N=16, and
+  how well the verifier ranks one question's answers (all that a vote can use);
 - the same AUCs and vote for the proposer's own confidence (`engines.confidence`), a verifier
   without a reward model, as a baseline for the PRM;
-- reviser pass@1 along a revision chain (positions 0..4).
+- reviser pass@1 along a revision chain (positions 0..4), and what revisions do to the answer
+  before them: keep it, fix it, break it, and whether a fix beats a fresh sample.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def build_report(settings: ReportSettings, models: Path | None = None) -> dict[s
     timings["rollouts"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    chain_correct = revision_chains(reviser, problems, settings)
+    chain_correct, chain_texts = revision_chains(reviser, problems, settings)
     timings["reviser"] = time.perf_counter() - started
 
     return {
@@ -104,7 +106,10 @@ def build_report(settings: ReportSettings, models: Path | None = None) -> dict[s
             **step_aucs(problems, steps, confidence_scores),
             "best_of_n": best_of_n_section(pool, confidence_scores, correct, bins, settings),
         },
-        "reviser": reviser_section(chain_correct, pass_at_1),
+        "reviser": {
+            **reviser_section(chain_correct, pass_at_1),
+            **revision_transitions(problems, chain_texts, chain_correct),
+        },
         "seconds": timings,
     }
 
@@ -247,6 +252,9 @@ def best_of_n_section(pool, scores, correct, bins, settings: ReportSettings) -> 
             majority_hits[index] += majority in right
     weighted_hits /= settings.draws
     majority_hits /= settings.draws
+    separation = within_problem_auc(
+        [[step_scores[-1] if step_scores else 0.0 for step_scores in answers] for answers in scores], correct
+    )
     return {
         "budget": n,
         "weighted": float(weighted_hits.mean()),
@@ -256,10 +264,25 @@ def best_of_n_section(pool, scores, correct, bins, settings: ReportSettings) -> 
                 "bin": int(b) + 1,
                 "weighted": float(weighted_hits[bins == b].mean()),
                 "majority": float(majority_hits[bins == b].mean()),
+                "within_problem_auc": _nanmean(separation[bins == b]),
             }
             for b in range(BINS)
         ],
+        "within_problem_auc": _nanmean(separation),
     }
+
+
+def within_problem_auc(final_scores: Sequence[Sequence[float]], correct: np.ndarray) -> np.ndarray:
+    """Per problem: the AUC of its answers' final scores against their correctness (NaN where all
+    are right or all wrong). A vote only compares answers to one question, so this, not the
+    pooled step AUC (which also rewards telling easy questions from hard ones), is what it uses."""
+    separation = [auc(answer_scores, right) for answer_scores, right in zip(final_scores, correct, strict=True)]
+    return np.array([np.nan if value is None else value for value in separation])
+
+
+def _nanmean(values: np.ndarray) -> float | None:
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if len(kept) else None
 
 
 def _answer(text: str) -> str | None:
@@ -270,9 +293,11 @@ def _answer(text: str) -> str | None:
 # -------------------------------------------------------------------------------------- reviser
 
 
-def revision_chains(reviser: CachedSampler, problems, settings: ReportSettings) -> np.ndarray:
-    """Correctness [problem, chain, position] of revision chains; each revision sees the chain's
-    most recent (up to 4) answers."""
+def revision_chains(
+    reviser: CachedSampler, problems, settings: ReportSettings
+) -> tuple[np.ndarray, list[list[list[str]]]]:
+    """Correctness [problem, chain, position] of revision chains, and their answers [problem][chain]
+    [position]; each revision sees the chain's most recent (up to 4) answers."""
     chains: list[tuple[task.ArithProblem, list[str]]] = [(p, []) for p in problems for _ in range(settings.chains)]
     hits = np.zeros((len(problems), settings.chains, settings.chain_length), dtype=bool)
     for position in range(settings.chain_length):
@@ -283,7 +308,8 @@ def revision_chains(reviser: CachedSampler, problems, settings: ReportSettings) 
         for row, ((problem, history), (completion,)) in enumerate(zip(chains, completions, strict=True)):
             history.append(completion.text)
             hits[row // settings.chains, row % settings.chains, position] = reaches(completion.text, problem.answer)
-    return hits
+    answers = [history for _, history in chains]
+    return hits, [answers[start : start + settings.chains] for start in range(0, len(answers), settings.chains)]
 
 
 def reviser_section(hits: np.ndarray, pass_at_1: np.ndarray) -> dict:
@@ -296,3 +322,49 @@ def reviser_section(hits: np.ndarray, pass_at_1: np.ndarray) -> dict:
         "share_of_correct_broken_by_next_revision": broken,
         "proposer_pass_at_1_same_problems": float(pass_at_1.mean()),
     }
+
+
+def revision_transitions(problems, texts: Sequence[Sequence[Sequence[str]]], hits: np.ndarray) -> dict:
+    """What each revision did to the answer before it.
+
+    - `fix_rate`: the chance a wrong answer's revision is right; `resample_fix_baseline`: the
+      chance that another chain's first answer to the same question is right, given this chain's
+      was wrong: what a fresh sample would do. A reviser that uses its context fixes more often.
+    - `kept_verbatim_after_right` / `_after_wrong`: revisions that copy the answer before them.
+    - `changed_wrong_at_first_error`: of revisions that change a wrong answer, the share whose first
+      changed step is that answer's first wrong step (the reviser found the error).
+    """
+    fixed, wrong_before, kept_right, right_before, kept_wrong, changed, at_error = 0, 0, 0, 0, 0, 0, 0
+    for problem, chains, chain_hits in zip(problems, texts, hits, strict=True):
+        for answers, right in zip(chains, chain_hits, strict=True):
+            for position in range(len(answers) - 1):
+                before, after = answers[position], answers[position + 1]
+                if right[position]:
+                    right_before += 1
+                    kept_right += before == after
+                    continue
+                wrong_before += 1
+                fixed += bool(right[position + 1])
+                if before == after:
+                    kept_wrong += 1
+                    continue
+                changed += 1
+                old, new = DEFAULT_FORMAT.split_steps(before), DEFAULT_FORMAT.split_steps(after)
+                flags = task.prefix_correct(problem, old)
+                first_error = flags.index(False) if False in flags else len(old)
+                at_error += _first_difference(old, new) == first_error
+    first = hits[:, :, 0]
+    others = max(1, first.shape[1] - 1)  # the other chains of the same question
+    baseline = [(row.sum() - hit) / others for row in first for hit in row if not hit]
+    return {
+        "fix_rate": fixed / wrong_before if wrong_before else None,
+        "resample_fix_baseline": float(np.mean(baseline)) if first.shape[1] > 1 and baseline else None,
+        "kept_verbatim_after_right": kept_right / right_before if right_before else None,
+        "kept_verbatim_after_wrong": kept_wrong / wrong_before if wrong_before else None,
+        "changed_wrong_at_first_error": at_error / changed if changed else None,
+    }
+
+
+def _first_difference(old: Sequence[str], new: Sequence[str]) -> int:
+    """The first step index where two step lists differ (the shorter length if one extends the other)."""
+    return next((k for k, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), min(len(old), len(new)))
