@@ -30,6 +30,7 @@ from db.session import connect
 from flows.config import ModelSettings
 from flows.datasets import load_dataset
 from flows.evaluate import estimate_difficulty, run_all, solve_prompt, unsolved
+from flows.plots import plot_policy
 from flows.policy import Plan, Policy, assign_bin, fit_policy, quantile_thresholds
 from graphs import registry
 from graphs.registry import SettingsError
@@ -215,7 +216,7 @@ def calibrate(
     )
     policy.save(Path(out))
     recorder.save_policy(name, policy.model_dump(mode="json"))
-    report = efficiency_report(policy, budgets)
+    report = {**efficiency_report(policy, budgets), "plot": str(plot_policy(policy, Path(out).with_suffix(".png")))}
     publish(report, name)
     logger.info("policy %s written to %s", name, out)
     return {"policy": name, "out": out, "prompts": len(keys), **report}

@@ -373,7 +373,7 @@ def calibrate(
         )
     table.caption = (
         f"compute-optimal matches best-of-N weighted at N={report['baseline_budget']} "
-        f"with N={report['matching_budget']}"
+        f"with N={report['matching_budget']}; accuracy against budget plotted in {report['plot']}"
     )
     out.print(table)
 

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.plots import plot_testbed_report
+
 testbed_app = typer.Typer(help="The built-in testbed: a synthetic arithmetic task and three small models.")
 console = Console()
 
@@ -77,48 +79,8 @@ def report(
     result = build_report(settings, models)
     out.write_text(json.dumps(result, indent=2))
     print_report(result)
-    figure = plot_report(result, out.with_suffix(".png"))
+    figure = plot_testbed_report(result, out.with_suffix(".png"))
     console.print(f"saved to {out} and {figure}")
-
-
-def plot_report(result: dict[str, Any], path: Path) -> Path:
-    """Two panels: accuracy per difficulty quintile (proposer pass@1, majority of N, weighted
-    best-of-N with the PRM and with the proposer's confidence), and reviser pass@1 along a chain."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
-
-    proposer, best_of_n = result["proposer"], result["best_of_n"]
-    quintiles = [row["bin"] for row in proposer["by_quintile"]]
-    bars = {
-        "proposer pass@1": [row["pass_at_1"] for row in proposer["by_quintile"]],
-        f"majority of {best_of_n['budget']}": [row["majority"] for row in best_of_n["by_quintile"]],
-        "weighted BoN (PRM)": [row["weighted"] for row in best_of_n["by_quintile"]],
-    }
-    if "confidence" in result:
-        bars["weighted BoN (confidence)"] = [
-            row["weighted"] for row in result["confidence"]["best_of_n"]["by_quintile"]
-        ]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4), width_ratios=[3, 2])
-    width = 0.8 / len(bars)
-    for index, (label, values) in enumerate(bars.items()):
-        left.bar([q + (index - (len(bars) - 1) / 2) * width for q in quintiles], values, width, label=label)
-    left.set(
-        xlabel="difficulty quintile (oracle pass@1; 1 = easiest)", ylabel="accuracy", xticks=quintiles, ylim=(0, 1.05)
-    )
-    left.legend(fontsize="small")
-    reviser = result["reviser"]
-    positions = range(len(reviser["pass_at_1_by_position"]))
-    right.plot(positions, reviser["pass_at_1_by_position"], marker="o", label="reviser")
-    right.axhline(reviser["proposer_pass_at_1_same_problems"], color="grey", linestyle="--", label="proposer")
-    right.set(xlabel="position in the revision chain", ylabel="pass@1", xticks=list(positions), ylim=(0, 1))
-    right.legend(fontsize="small")
-    figure.suptitle(f"testbed report: {result['settings']['problems']} held-out problems", fontsize="medium")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
 
 
 def print_report(result: dict[str, Any]) -> None:

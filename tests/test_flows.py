@@ -107,6 +107,8 @@ def test_calibrate_then_evaluate_with_the_policy_at_a_budget_or_a_total_budget(d
     with connect(database_url)() as session:
         assert queries.policy(session, "calib") is not None
     assert {row["budget"] for row in report["curve"]} == {1, 2, 4}
+    plot = tmp_path / "policy.png"
+    assert report["plot"] == str(plot) and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     at_budget = evaluate(
         dataset=dataset, policy=str(out), budget=2, models=models, database=database_url, run_name="co", limit=4

@@ -9,7 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from flows.testbed_cli import plot_report, print_report
+from flows.plots import plot_testbed_report
+from flows.testbed_cli import print_report
 from ttc_nodes.prompts import DEFAULT_FORMAT
 from ttc_nodes.testbed import task
 from ttc_nodes.testbed.report import (
@@ -125,5 +126,5 @@ def test_a_small_report_on_quick_models_measures_every_section(quick_models, mon
     print_report(report)
     assert "weighted BoN (confidence)" in printed.getvalue() and "reviser pass@1" in printed.getvalue()
     assert "fixed by the next revision" in printed.getvalue() and "AUC within a question" in printed.getvalue()
-    figure = plot_report(report, tmp_path / "report.png")
+    figure = plot_testbed_report(report, tmp_path / "report.png")
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
