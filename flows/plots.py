@@ -69,21 +69,21 @@ def plot_policy(policy: Policy, path: Path) -> Path:
         left.plot(budgets, accuracy, marker=".", linewidth=1, alpha=0.8, label=label)
     optimal = [fit.overall(n) for n in budgets]
     left.plot(budgets, optimal, color="black", linewidth=2.5, marker="o", label="compute-optimal")
-    left.set(xscale="log", xlabel="generation budget N", ylabel="accuracy", title="all calibration prompts")
-    left.set_xticks(budgets, [str(n) for n in budgets])
-    left.minorticks_off()
-    left.set_ylim(bottom=0)
-    left.legend(fontsize="x-small")
+    _budget_axis(left, budgets, "all calibration prompts")
     for bin_, size in fit.bin_sizes().items():
         accuracy = [fit.cv_accuracy[bin_][n] for n in budgets]
         right.plot(budgets, accuracy, marker="o", label=f"bin {bin_} ({size} prompts)")
-    right.set(xscale="log", xlabel="generation budget N", ylabel="accuracy")
-    right.set_title("compute-optimal by difficulty bin (1 = easiest)")
-    right.set_xticks(budgets, [str(n) for n in budgets])
-    right.minorticks_off()
-    right.set_ylim(bottom=0)
-    right.legend(fontsize="x-small")
+    _budget_axis(right, budgets, "compute-optimal by difficulty bin (1 = easiest)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def _budget_axis(axis: Any, budgets: list[int], title: str) -> None:
+    """Accuracy from 0 against budget on a log scale, one tick per calibrated budget."""
+    axis.set(xscale="log", xlabel="generation budget N", ylabel="accuracy", title=title)
+    axis.set_xticks(budgets, [str(n) for n in budgets])
+    axis.minorticks_off()
+    axis.set_ylim(bottom=0)
+    axis.legend(fontsize="x-small")

@@ -240,9 +240,9 @@ def best_of_n_section(pool, scores, correct, bins, settings: ReportSettings) -> 
     rng = random.Random(f"best-of-n-{settings.seed}")
     n = min(settings.budget, settings.samples)
     weighted_hits, majority_hits = np.zeros(len(pool)), np.zeros(len(pool))
-    for index, texts in enumerate(pool):
+    finals = [[step_scores[-1] if step_scores else 0.0 for step_scores in answers] for answers in scores]
+    for index, (texts, last) in enumerate(zip(pool, finals, strict=True)):
         answers = [_answer(text) for text in texts]
-        last = [step_scores[-1] if step_scores else 0.0 for step_scores in scores[index]]
         right = {answers[j] for j in range(len(texts)) if correct[index, j]}
         for _ in range(settings.draws):
             chosen = rng.sample(range(len(texts)), n)
@@ -252,9 +252,7 @@ def best_of_n_section(pool, scores, correct, bins, settings: ReportSettings) -> 
             majority_hits[index] += majority in right
     weighted_hits /= settings.draws
     majority_hits /= settings.draws
-    separation = within_problem_auc(
-        [[step_scores[-1] if step_scores else 0.0 for step_scores in answers] for answers in scores], correct
-    )
+    separation = within_problem_auc(finals, correct)
     return {
         "budget": n,
         "weighted": float(weighted_hits.mean()),
