@@ -4,6 +4,7 @@ is restarted in place; nothing is duplicated and no trace row is left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.slow
 TTC_SCRIPT = str(Path(sys.executable).parent / "ttc")
 RUN = "resume-after-kill"
 PROMPTS = 6
+SLICE_S = 0.002  # how long the stepped process runs between inspections
 
 
 @pytest.fixture(scope="module")
@@ -101,19 +103,22 @@ def caught_mid_flight(database_url: str) -> dict[int, SolveRow] | None:
     return solves if done >= 2 and any(s.status == "running" and s.steps for s in solves.values()) else None
 
 
-def kill_mid_solve(process: subprocess.Popen[bytes], database_url: str, deadline: float) -> dict[int, SolveRow]:
+def kill_mid_solve(
+    process: subprocess.Popen[bytes], log: Path, database_url: str, deadline: float
+) -> dict[int, SolveRow]:
     """SIGKILL the process group at a moment when two solves are done and a third is half-written;
     the solves as they were at that moment.
 
-    A solve writes its steps within ~50 ms, too short a window to hit by polling, so once two are done
-    the process is advanced in small slices: stopped (SIGSTOP freezes what it has committed), inspected,
-    and continued, until the database shows a solve mid-flight."""
+    A solve takes ~50 ms and writes its steps within the last ~20 ms of it, too short a window to hit by
+    polling. So once the first solve has begun (the models are loaded), the process is advanced in
+    slices shorter than that window: stopped (SIGSTOP freezes what it has committed), inspected, and
+    continued, until the database shows a solve mid-flight."""
     group = os.getpgid(process.pid)
     while time.monotonic() < deadline and process.poll() is None:
         with connect(database_url)() as session:
-            if sum(s.status == "done" for s in solves_of_run(session).values()) >= 2:
+            if solves_of_run(session):
                 break
-        time.sleep(0.1)
+        time.sleep(0.005)
     while time.monotonic() < deadline and process.poll() is None:
         os.killpg(group, signal.SIGSTOP)
         wait_until_stopped(group)
@@ -123,11 +128,14 @@ def kill_mid_solve(process: subprocess.Popen[bytes], database_url: str, deadline
             process.wait(timeout=30)
             return seen
         os.killpg(group, signal.SIGCONT)
-        time.sleep(0.01)
-    os.killpg(group, signal.SIGKILL)
+        time.sleep(SLICE_S)
+    with contextlib.suppress(ProcessLookupError):  # the run may have ended (or failed) on its own
+        os.killpg(group, signal.SIGKILL)
     process.wait(timeout=30)
-    output = process.stdout.read().decode(errors="replace")[-3000:] if process.stdout else ""
-    pytest.fail(f"never saw a solve mid-flight after two were done (exit {process.returncode}):\n{output}")
+    pytest.fail(
+        f"never saw a solve mid-flight after two were done (exit {process.returncode}):\n"
+        + log.read_text(errors="replace")[-3000:]
+    )
 
 
 def wait_until_stopped(group: int, timeout: float = 5.0) -> None:
@@ -164,15 +172,16 @@ def test_evaluate_killed_mid_run_resumes_without_redoing_or_duplicating_solves(
 ) -> None:
     connect(database_url)  # migrate before either process opens the database
     environment = {**os.environ, "PREFECT_API_URL": prefect_api, "OMP_NUM_THREADS": "1"}
-    with (tmp_path / "killed.log").open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=log, env=environment, start_new_session=True)
+    log = tmp_path / "killed.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=output, env=environment, start_new_session=True)
         try:
-            before = kill_mid_solve(process, database_url, deadline=time.monotonic() + 240)
+            before = kill_mid_solve(process, log, database_url, deadline=time.monotonic() + 240)
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    assert process.returncode == -signal.SIGKILL, log.read_text()[-3000:]
     finished_before = {p: s for p, s in before.items() if s.status == "done"}
     [interrupted] = [s for s in before.values() if s.status == "running"]
     with connect(database_url)() as session:
