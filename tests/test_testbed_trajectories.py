@@ -4,13 +4,38 @@ from __future__ import annotations
 
 import random
 
-from ttc_nodes.testbed.trajectories import edit_distance, revision_examples, trajectory
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ttc_nodes.testbed.trajectories import revision_examples, trajectory
 
 
-def test_edit_distance():
-    assert edit_distance("kitten", "sitting") == 3
-    assert edit_distance("", "abc") == 3
-    assert edit_distance("same", "same") == 0
+def levenshtein(first: str, second: str) -> int:
+    """The textbook dynamic programme: insertions, deletions and substitutions cost 1."""
+    previous = list(range(len(second) + 1))
+    for i, a in enumerate(first, 1):
+        current = [i]
+        for j, b in enumerate(second, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a != b)))
+        previous = current
+    return previous[-1]
+
+
+def test_levenshtein_oracle():
+    assert levenshtein("kitten", "sitting") == 3
+    assert levenshtein("", "abc") == 3
+    assert levenshtein("same", "same") == 0
+
+
+answers = st.text(alphabet="12+= \n", max_size=24)
+
+
+@given(correct=answers, wrong=st.lists(answers, min_size=1, max_size=6, unique=True), k=st.integers(1, 4))
+def test_the_last_attempt_is_the_first_wrong_answer_at_the_least_edit_distance(correct, wrong, k):
+    distances = [levenshtein(correct, answer) for answer in wrong]
+    context = trajectory(correct, wrong, k, random.Random(0))
+    assert len(context) == min(k, len(wrong))
+    assert context[-1] == wrong[distances.index(min(distances))]
 
 
 def test_nearest_wrong_answer_is_last_and_others_are_random():

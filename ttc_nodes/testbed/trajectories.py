@@ -9,23 +9,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from functools import lru_cache
+
+from rapidfuzz.distance import Levenshtein
 
 MAX_ATTEMPTS = 4
-
-
-@lru_cache(maxsize=65536)
-def edit_distance(first: str, second: str) -> int:
-    """Levenshtein distance between two strings (insertions, deletions, substitutions)."""
-    if len(first) < len(second):
-        first, second = second, first
-    previous = list(range(len(second) + 1))
-    for i, a in enumerate(first, 1):
-        current = [i]
-        for j, b in enumerate(second, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a != b)))
-        previous = current
-    return previous[-1]
 
 
 def trajectory(correct: str, wrong: Sequence[str], k: int, rng: random.Random) -> list[str]:
@@ -33,7 +20,7 @@ def trajectory(correct: str, wrong: Sequence[str], k: int, rng: random.Random) -
     k = min(k, len(wrong))
     if k == 0:
         return []
-    nearest = min(range(len(wrong)), key=lambda i: (edit_distance(correct, wrong[i]), i))
+    nearest = min(range(len(wrong)), key=lambda i: (Levenshtein.distance(correct, wrong[i]), i))
     others = [answer for i, answer in enumerate(wrong) if i != nearest]
     return [*rng.sample(others, k - 1), wrong[nearest]]
 
