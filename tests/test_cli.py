@@ -337,3 +337,14 @@ def test_script_trace_renders_the_run_it_solved(script_run: ScriptRun) -> None:
 
     assert traced.returncode == 0, traced.stderr
     assert "expand" in traced.stdout and "1.0 r1" in traced.stdout
+
+
+@pytest.mark.parametrize(("chosen", "expected"), [(None, "False"), ("true", "True")])
+def test_the_temporary_prefect_server_runs_without_telemetry_unless_asked(chosen: str | None, expected: str) -> None:
+    """Its heartbeat only fails offline and races the run's start for the server's SQLite file."""
+    environment = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_ANALYTICS_ENABLED"}
+    if chosen is not None:
+        environment["PREFECT_SERVER_ANALYTICS_ENABLED"] = chosen
+    code = "import flows, prefect.settings as s; print(s.get_current_settings().server.analytics_enabled)"
+    shown = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == expected
