@@ -20,7 +20,8 @@ def _pyplot() -> Any:
 
 def plot_testbed_report(result: dict[str, Any], path: Path) -> Path:
     """Two panels: accuracy per difficulty quintile (proposer pass@1, majority of N, weighted
-    best-of-N with the PRM and with the proposer's confidence), and reviser pass@1 along a chain."""
+    best-of-N with the PRM and with the proposer's confidence), and reviser pass@1 along a chain
+    (all problems, and thin lines per quintile)."""
     plt = _pyplot()
     proposer, best_of_n = result["proposer"], result["best_of_n"]
     quintiles = [row["bin"] for row in proposer["by_quintile"]]
@@ -43,10 +44,12 @@ def plot_testbed_report(result: dict[str, Any], path: Path) -> Path:
     left.legend(fontsize="small")
     reviser = result["reviser"]
     positions = range(len(reviser["pass_at_1_by_position"]))
-    right.plot(positions, reviser["pass_at_1_by_position"], marker="o", label="reviser")
+    for row in reviser.get("by_quintile", []):  # reports written before it lack the split
+        right.plot(positions, row["pass_at_1_by_position"], linewidth=1, alpha=0.6, label=f"quintile {row['bin']}")
+    right.plot(positions, reviser["pass_at_1_by_position"], color="black", linewidth=2, marker="o", label="all")
     right.axhline(reviser["proposer_pass_at_1_same_problems"], color="grey", linestyle="--", label="proposer")
     right.set(xlabel="position in the revision chain", ylabel="pass@1", xticks=list(positions), ylim=(0, 1))
-    right.legend(fontsize="small")
+    right.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))  # beside the lines, not on them
     figure.suptitle(f"testbed report: {result['settings']['problems']} held-out problems", fontsize="medium")
     figure.tight_layout()
     figure.savefig(path, dpi=120)

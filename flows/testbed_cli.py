@@ -126,9 +126,19 @@ def print_report(result: dict[str, Any]) -> None:
 
     reviser = result["reviser"]
     chain = Table(title="reviser pass@1 along a revision chain")
+    chain.add_column("quintile")
     for position in range(len(reviser["pass_at_1_by_position"])):
         chain.add_column(f"pos {position}", justify="right")
-    chain.add_row(*(f"{x:.3f}" for x in reviser["pass_at_1_by_position"]))
+    chain.add_column("proposer", justify="right")
+    for row in reviser.get("by_quintile", []):  # reports written before it lack the split
+        chain.add_row(
+            str(row["bin"]), *(f"{x:.3f}" for x in row["pass_at_1_by_position"]), _fmt(row["proposer_pass_at_1"])
+        )
+    chain.add_row(
+        "all",
+        *(f"{x:.3f}" for x in reviser["pass_at_1_by_position"]),
+        _fmt(reviser["proposer_pass_at_1_same_problems"]),
+    )
     console.print(chain)
     console.print(
         f"correct answers broken by the next revision: {reviser['share_of_correct_broken_by_next_revision']:.2f}; "

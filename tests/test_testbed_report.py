@@ -17,7 +17,9 @@ from ttc_nodes.testbed.report import (
     ReportSettings,
     auc,
     build_report,
+    difficulty_bins,
     majority_vote,
+    reviser_section,
     revision_transitions,
     weighted_vote,
     within_problem_auc,
@@ -87,6 +89,28 @@ def test_revision_transitions_count_keeps_fixes_and_where_a_wrong_answer_was_cha
     assert stats["resample_fix_baseline"] == 1 / 2
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reviser_chain_split_by_quintile_matches_brute_force_and_averages_to_the_whole(seed):
+    rng = np.random.default_rng(seed)
+    hits = rng.random((23, 3, 4)) < 0.4  # 23 problems: quintiles of 5, 5, 5, 4, 4
+    pass_at_1 = rng.random(23)
+    bins = difficulty_bins(pass_at_1)
+
+    section = reviser_section(hits, pass_at_1, bins)
+
+    rows = section["by_quintile"]
+    assert [row["bin"] for row in rows] == [1, 2, 3, 4, 5] and [row["problems"] for row in rows] == [5, 5, 5, 4, 4]
+    for row in rows:
+        members = [i for i in range(23) if bins[i] == row["bin"] - 1]
+        for position in range(4):
+            brute = sum(hits[i, c, position] for i in members for c in range(3)) / (3 * len(members))
+            assert row["pass_at_1_by_position"][position] == pytest.approx(brute)
+        assert row["proposer_pass_at_1"] == pytest.approx(np.mean([pass_at_1[i] for i in members]))
+    weighted = np.sum([np.array(row["pass_at_1_by_position"]) * row["problems"] for row in rows], axis=0) / 23
+    assert weighted == pytest.approx(section["pass_at_1_by_position"])
+    assert rows[0]["proposer_pass_at_1"] >= rows[-1]["proposer_pass_at_1"]  # bin 1 holds the easiest problems
+
+
 @pytest.mark.slow
 def test_a_small_report_on_quick_models_measures_every_section(quick_models, monkeypatch, tmp_path):
     import io
@@ -116,6 +140,7 @@ def test_a_small_report_on_quick_models_measures_every_section(quick_models, mon
         assert section["majority"] == report["best_of_n"]["majority"]  # the same draws for every verifier
     assert report["prm"]["steps_scored"] == report["confidence"]["steps_scored"] > 0
     assert len(report["reviser"]["pass_at_1_by_position"]) == 2
+    assert all(len(row["pass_at_1_by_position"]) == 2 for row in report["reviser"]["by_quintile"])
     transitions = ("fix_rate", "kept_verbatim_after_right", "kept_verbatim_after_wrong", "changed_wrong_at_first_error")
     for name in transitions:  # None where no revision had that kind of answer before it
         assert report["reviser"][name] is None or 0.0 <= report["reviser"][name] <= 1.0
@@ -126,5 +151,6 @@ def test_a_small_report_on_quick_models_measures_every_section(quick_models, mon
     print_report(report)
     assert "weighted BoN (confidence)" in printed.getvalue() and "reviser pass@1" in printed.getvalue()
     assert "fixed by the next revision" in printed.getvalue() and "AUC within a question" in printed.getvalue()
+    assert "quintile" in printed.getvalue()
     figure = plot_testbed_report(report, tmp_path / "report.png")
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000

@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import random
+import re
 
 import pytest
 
@@ -163,3 +164,21 @@ def test_the_reviser_draws_every_question_equally_often(monkeypatch):
     assert len(seen) == recipe.reviser_steps * recipe.reviser_batch
     share = sum("9 * 5" in prompt for prompt in seen) / len(seen)
     assert 0.4 < share < 0.6  # one example of ten, drawn half the time (uniform draws: a tenth)
+
+
+def test_progress_bars_show_a_loss_only_for_training_stages(capsys):
+    import torch
+
+    from ttc_nodes.testbed.train import _progress_callback, optimise
+
+    weight = torch.nn.Linear(2, 1)
+    losses = (weight(torch.ones(1, 2)).pow(2).sum() for _ in range(3))
+    optimise(weight, losses, 3, 0.01, "fitting")
+    _progress_callback("scoring")(2, 2)
+
+    printed = capsys.readouterr().out
+    fitting, scoring = (
+        next(line for line in printed.splitlines() if line.startswith(name)) for name in ("fitting", "scoring")
+    )
+    assert "3/3" in fitting and re.search(r"loss \d+\.\d{4}", fitting)
+    assert "2/2" in scoring and "loss" not in scoring and "nan" not in printed

@@ -107,7 +107,7 @@ def build_report(settings: ReportSettings, models: Path | None = None) -> dict[s
             "best_of_n": best_of_n_section(pool, confidence_scores, correct, bins, settings),
         },
         "reviser": {
-            **reviser_section(chain_correct, pass_at_1),
+            **reviser_section(chain_correct, pass_at_1, bins),
             **revision_transitions(problems, chain_texts, chain_correct),
         },
         "seconds": timings,
@@ -310,12 +310,24 @@ def revision_chains(
     return hits, [answers[start : start + settings.chains] for start in range(0, len(answers), settings.chains)]
 
 
-def reviser_section(hits: np.ndarray, pass_at_1: np.ndarray) -> dict:
+def reviser_section(hits: np.ndarray, pass_at_1: np.ndarray, bins: np.ndarray) -> dict:
+    """Pass@1 at each chain position, overall and per oracle difficulty quintile (the paper reads
+    revisions by difficulty: where a chain gains and where it loses differ)."""
     by_position = hits.mean(axis=(0, 1))
     was_right, now_wrong = hits[:, :, :-1], ~hits[:, :, 1:]
     broken = float((was_right & now_wrong).sum() / max(1, was_right.sum()))
+    by_quintile = [
+        {
+            "bin": int(b) + 1,
+            "problems": int((bins == b).sum()),
+            "pass_at_1_by_position": [float(x) for x in hits[bins == b].mean(axis=(0, 1))],
+            "proposer_pass_at_1": float(pass_at_1[bins == b].mean()),
+        }
+        for b in sorted(set(bins.tolist()))
+    ]
     return {
         "pass_at_1_by_position": [float(x) for x in by_position],
+        "by_quintile": by_quintile,
         "any_correct_in_chain": float(hits.any(axis=2).mean()),
         "share_of_correct_broken_by_next_revision": broken,
         "proposer_pass_at_1_same_problems": float(pass_at_1.mean()),

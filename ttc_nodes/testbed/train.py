@@ -342,7 +342,7 @@ def optimise(model: torch.nn.Module, losses: Iterator[torch.Tensor], steps: int,
     schedule = warmup_cosine(steps)
     model.train()
     with _progress() as progress:
-        bar = progress.add_task(name, total=steps, loss=float("nan"))
+        bar = progress.add_task(name, total=steps, loss="")
         for step, loss in enumerate(losses):
             for group in optimizer.param_groups:
                 group["lr"] = lr * schedule(step)
@@ -350,7 +350,7 @@ def optimise(model: torch.nn.Module, losses: Iterator[torch.Tensor], steps: int,
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            progress.update(bar, advance=1, loss=loss.item())
+            progress.update(bar, advance=1, loss=f"loss {loss.item():.4f}")
     model.eval()
 
 
@@ -388,7 +388,7 @@ def sample_answers(
     answers: list[list[str]] = []
     chunk = max(1, engine.max_batch // n)
     with _progress() as progress:
-        bar = progress.add_task("sampling answers", total=len(problems), loss=float("nan"))
+        bar = progress.add_task("sampling answers", total=len(problems), loss="")
         for start in range(0, len(problems), chunk):
             group = problems[start : start + chunk]
             prompts = [DEFAULT_FORMAT.solution(problem.question) for problem in group]
@@ -493,7 +493,7 @@ def body_states(
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     try:
         with _progress() as progress:
-            bar = progress.add_task(name, total=len(sequences), loss=float("nan"))
+            bar = progress.add_task(name, total=len(sequences), loss="")
             for start in range(0, len(order), batch):
                 chosen = order[start : start + batch]
                 input_ids, mask = right_pad([sequences[i] for i in chosen], 0)
@@ -634,11 +634,13 @@ def save(model: Any, tokenizer, directory: Path) -> None:
 
 
 def _progress() -> Progress:
+    """Progress bars for the recipe's stages; a training stage shows its running loss in the
+    `loss` field, other stages leave it empty."""
     return Progress(
         TextColumn("{task.description:<16}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("{task.fields[loss]}"),
         TimeElapsedColumn(),
         transient=False,
     )
@@ -651,7 +653,7 @@ def _progress_callback(name: str) -> Callable[[int, int], None]:
     def update(done: int, total: int) -> None:
         if "bar" not in state:
             progress.start()
-            state["bar"] = progress.add_task(name, total=total, loss=float("nan"))
+            state["bar"] = progress.add_task(name, total=total, loss="")
         progress.update(state["bar"], completed=done)
         if done >= total:
             progress.stop()
