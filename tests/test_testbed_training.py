@@ -182,3 +182,26 @@ def test_progress_bars_show_a_loss_only_for_training_stages(capsys):
     )
     assert "3/3" in fitting and re.search(r"loss \d+\.\d{4}", fitting)
     assert "2/2" in scoring and "loss" not in scoring and "nan" not in printed
+
+
+def test_generated_trajectories_fill_their_share_of_the_reviser_batches(monkeypatch):
+    from ttc_nodes.testbed import train as training
+    from ttc_nodes.testbed.model import build_tokenizer, new_causal_lm
+
+    tokenizer = build_tokenizer()
+    proposer = new_causal_lm(QUICK_RECIPE.size, tokenizer, 0)
+    sampled = [("Compute 1 + 1.", [], "1 + 1 = \\boxed{2}")] * 6 + [("Compute 2 + 2.", [], "2 + 2 = \\boxed{4}")]
+    generated = [(f"Compute {n} * 3.", [f"{n} * 3 = 1"], f"{n} * 3 = \\boxed{{{3 * n}}}") for n in range(10, 13)]
+    seen: list[str] = []
+
+    def record(model, tokenizer, batches, steps, lr, name):
+        seen.extend(prompt for batch in batches for prompt, _ in batch)
+
+    monkeypatch.setattr(training, "fit_causal_lm", record)
+    recipe = dataclasses.replace(QUICK_RECIPE, reviser_steps=100, reviser_generated_share=0.8)
+    training.train_reviser(recipe, tokenizer, proposer, sampled, seed=0, generated=generated)
+
+    share = sum("* 3" in prompt for prompt in seen) / len(seen)
+    assert 0.75 < share < 0.85
+    among_sampled = [prompt for prompt in seen if "* 3" not in prompt]
+    assert 0.4 < sum("2 + 2" in prompt for prompt in among_sampled) / len(among_sampled) < 0.6  # still per question

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ttc_nodes.testbed.trajectories import revision_examples, trajectory
+from ttc_nodes.prompts import DEFAULT_FORMAT
+from ttc_nodes.testbed import task
+from ttc_nodes.testbed.rollouts import reaches
+from ttc_nodes.testbed.trajectories import generated_examples, revision_examples, trajectory
 
 
 def levenshtein(first: str, second: str) -> int:
@@ -71,3 +76,33 @@ def test_examples_target_correct_answers_with_up_to_four_distinct_wrong_ones():
         assert question == "q" and target == "\\boxed{5}"
         assert len(attempts) <= 2 and len(set(attempts)) == len(attempts)
         assert all(not is_correct(a, "5") for a in attempts)
+
+
+def test_generated_trajectories_show_the_generators_wrong_answers_before_the_reference():
+    problems = task.problems(60, seed=3, min_difficulty=4)
+    examples = generated_examples(problems, slip_rate=0.2, seed=0, min_attempts=2, max_attempts=4)
+
+    assert len(examples) > 40  # most problems at these levels have carries to slip on
+    by_question = {problem.question: problem for problem in problems}
+    for question, attempts, target in examples:
+        problem = by_question[question]
+        assert target == problem.solution
+        assert 2 <= len(attempts) <= 4
+        for attempt in attempts:
+            steps = DEFAULT_FORMAT.split_steps(attempt)
+            assert not reaches(attempt, problem.answer)
+            # a slipped solution of this problem: the same operations, each step carrying the last result on
+            assert [task.parse_step(step)[1:3] for step in steps] == list(problem.operations)
+            assert all(task.parse_step(b)[0] == task.parse_step(a)[3] for a, b in itertools.pairwise(steps))
+        distances = [levenshtein(target, attempt) for attempt in attempts]
+        assert distances[-1] == min(distances)  # the nearest of those shown goes last
+    assert {len(attempts) for _, attempts, _ in examples} == {2, 3, 4}
+    assert any(len(set(attempts)) < len(attempts) for _, attempts, _ in examples)  # repeats, as in a chain
+    assert examples == generated_examples(problems, slip_rate=0.2, seed=0, min_attempts=2, max_attempts=4)
+
+
+def test_a_problem_without_carries_gives_no_generated_trajectory():
+    no_carry = task.make_problem("k", 2, (("+", 3),), 1)
+    assert generated_examples([no_carry], slip_rate=0.5, seed=0) == []
+    with pytest.raises(ValueError, match="min_attempts"):
+        generated_examples([no_carry], slip_rate=0.5, seed=0, min_attempts=0)

@@ -54,7 +54,7 @@ from ttc_nodes.testbed.model import (
 )
 from ttc_nodes.testbed.rollouts import label_prefixes, reaches
 from ttc_nodes.testbed.sampler import CachedSampler
-from ttc_nodes.testbed.trajectories import revision_examples
+from ttc_nodes.testbed.trajectories import generated_examples, revision_examples
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,6 +84,9 @@ class Recipe:
     reviser_steps: int
     reviser_batch: int
     reviser_lr: float
+    reviser_generated: int  # training problems whose generator-made trajectories join the paper's
+    reviser_generated_share: float  # share of the reviser's batches drawn from those
+    reviser_generated_attempts: tuple[int, int]  # k of a generated trajectory, uniform in this range
     max_tokens: int  # longest answer sampled
 
 
@@ -107,6 +110,9 @@ FULL_RECIPE = Recipe(
     reviser_steps=800,
     reviser_batch=16,
     reviser_lr=5e-4,
+    reviser_generated=3000,
+    reviser_generated_share=0.8,
+    reviser_generated_attempts=(2, 4),
     max_tokens=192,
 )
 QUICK_RECIPE = Recipe(
@@ -129,6 +135,9 @@ QUICK_RECIPE = Recipe(
     reviser_steps=4,
     reviser_batch=4,
     reviser_lr=1e-3,
+    reviser_generated=4,
+    reviser_generated_share=0.5,
+    reviser_generated_attempts=(1, 4),
     max_tokens=48,
 )
 
@@ -219,7 +228,14 @@ def train(
         is_correct=reaches,
         seed=seed,
     )
-    reviser = train_reviser(recipe, tokenizer, proposer, examples, seed)
+    generated = generated_examples(
+        task.problems(recipe.reviser_generated, TRAIN_SEED_OFFSET * 3 + seed),
+        slip_rate=recipe.slip_rate,
+        seed=seed,
+        min_attempts=recipe.reviser_generated_attempts[0],
+        max_attempts=recipe.reviser_generated_attempts[1],
+    )
+    reviser = train_reviser(recipe, tokenizer, proposer, examples, seed, generated)
     save(reviser, tokenizer, out / "reviser")
     timings["reviser"] = time.perf_counter() - started
     write_manifest(out, recipe, seed, start, timings, stop)
@@ -554,33 +570,57 @@ def _soft_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------- reviser
 
 
-def train_reviser(recipe: Recipe, tokenizer, proposer, examples, seed: int) -> torch.nn.Module:
+def train_reviser(
+    recipe: Recipe,
+    tokenizer,
+    proposer,
+    examples: Sequence[tuple[str, list[str], str]],
+    seed: int,
+    generated: Sequence[tuple[str, list[str], str]] = (),
+) -> torch.nn.Module:
     """A copy of the proposer fine-tuned on (revision prompt with wrong attempts → correct answer).
 
-    Every question weighs the same: an easy question gives up to 16 examples (one per correct
-    answer) and a hard one few or none, so drawing examples uniformly would teach mostly short, easy
-    solutions. (On 100 held-out problems × 4 chains, pass@1 at chain positions 0–4 was 0.415, 0.390,
-    0.398, 0.410, 0.368 drawing uniformly and 0.422, 0.442, 0.438, 0.448, 0.422 per question.)
-    """
+    `examples` are the paper's trajectories from the proposer's samples. Every question weighs the
+    same: an easy question gives up to 16 examples (one per correct answer) and a hard one few or
+    none, so drawing examples uniformly would teach mostly short, easy solutions. (On 100 held-out
+    problems × 4 chains, pass@1 at chain positions 0–4 was 0.415, 0.390, 0.398, 0.410, 0.368 drawing
+    uniformly and 0.422, 0.442, 0.438, 0.448, 0.422 per question.)
+
+    `generated` are trajectories the task generator makes (`generated_examples`: the reference
+    solution after the generator's own slipped solutions); they fill `recipe.reviser_generated_share`
+    of the batches. Trained on the paper's trajectories alone the reviser ignores its context past
+    easy questions (on the report's quintile 3, pass@1 0.47 after its own wrong answer, 0.46 after
+    another question's, 0.45 with the reference solution itself in context) and its chains decline;
+    with generated ones filling 80% of the batches its revisions of wrong answers are right more
+    often than fresh samples (0.31 against 0.28) and its chains rise (0.517 at the first answer,
+    0.599 at the third revision; the README's testbed section has the variants tried)."""
     reviser = on_device(new_causal_lm(recipe.size, tokenizer, seed))
     reviser.load_state_dict(proposer.state_dict())
+    share = recipe.reviser_generated_share if generated else 0.0
     # One character is one token: drop the rare context of rambling attempts that would not fit.
-    kept = [
-        (question, DEFAULT_FORMAT.revision(question, attempts), target + tokenizer.eos_token)
-        for question, attempts, target in examples
+    rows = [
+        (question, DEFAULT_FORMAT.revision(question, attempts), target + tokenizer.eos_token, source)
+        for source, rows_of in (("sampled", examples), ("generated", generated))
+        for question, attempts, target in rows_of
     ]
-    kept = [row for row in kept if len(row[1]) + len(row[2]) < recipe.size.max_positions]
-    if kept:
-        per_question = Counter(question for question, _, _ in kept)
-        batches = length_grouped_batches(
-            [(prompt, target) for _, prompt, target in kept],
-            [len(prompt) + len(target) for _, prompt, target in kept],
-            recipe.reviser_batch,
-            recipe.reviser_steps,
-            random.Random(f"reviser-{seed}"),
-            weights=[1 / per_question[question] for question, _, _ in kept],
-        )
-        fit_causal_lm(reviser, tokenizer, batches, recipe.reviser_steps, recipe.reviser_lr, "reviser")
+    rows = [row for row in rows if len(row[1]) + len(row[2]) < recipe.size.max_positions]
+    if not rows:
+        return reviser
+    per_question = Counter(question for question, _, _, source in rows if source == "sampled")
+    generated_count = sum(source == "generated" for *_, source in rows)
+    weights = [
+        (1 - share) / (per_question[question] * len(per_question)) if source == "sampled" else share / generated_count
+        for question, _, _, source in rows
+    ]
+    batches = length_grouped_batches(
+        [(prompt, target) for _, prompt, target, _ in rows],
+        [len(prompt) + len(target) for _, prompt, target, _ in rows],
+        recipe.reviser_batch,
+        recipe.reviser_steps,
+        random.Random(f"reviser-{seed}"),
+        weights=weights,
+    )
+    fit_causal_lm(reviser, tokenizer, batches, recipe.reviser_steps, recipe.reviser_lr, "reviser")
     return reviser
 
 
