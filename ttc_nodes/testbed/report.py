@@ -323,7 +323,7 @@ def reviser_section(hits: np.ndarray, pass_at_1: np.ndarray, bins: np.ndarray) -
             "pass_at_1_by_position": [float(x) for x in hits[bins == b].mean(axis=(0, 1))],
             "proposer_pass_at_1": float(pass_at_1[bins == b].mean()),
         }
-        for b in sorted(set(bins.tolist()))
+        for b in range(BINS)
     ]
     return {
         "pass_at_1_by_position": [float(x) for x in by_position],
