@@ -145,22 +145,28 @@ def test_weighted_length_grouped_batches_draw_in_proportion_to_the_weights():
     assert abs(heavy - 0.75) < 0.02  # 10 items of weight 3 against 10 of weight 1
 
 
-def test_the_reviser_draws_every_question_equally_often(monkeypatch):
+def reviser_prompts_drawn(monkeypatch, recipe, examples, generated=()) -> list[str]:
+    """The revision prompts `train_reviser` would train on, in the order its batches draw them."""
     from ttc_nodes.testbed import train as training
     from ttc_nodes.testbed.model import build_tokenizer, new_causal_lm
 
     tokenizer = build_tokenizer()
     proposer = new_causal_lm(QUICK_RECIPE.size, tokenizer, 0)
-    easy = ("Compute 1 + 1.", [], "1 + 1 = \\boxed{2}")
-    examples = [easy] * 9 + [("Compute 9 * 5.", ["9 * 5 = 44"], "9 * 5 = \\boxed{45}")]
     seen: list[str] = []
 
     def record(model, tokenizer, batches, steps, lr, name):
         seen.extend(prompt for batch in batches for prompt, _ in batch)
 
     monkeypatch.setattr(training, "fit_causal_lm", record)
+    training.train_reviser(recipe, tokenizer, proposer, examples, seed=0, generated=generated)
+    return seen
+
+
+def test_the_reviser_draws_every_question_equally_often(monkeypatch):
+    easy = ("Compute 1 + 1.", [], "1 + 1 = \\boxed{2}")
+    examples = [easy] * 9 + [("Compute 9 * 5.", ["9 * 5 = 44"], "9 * 5 = \\boxed{45}")]
     recipe = dataclasses.replace(QUICK_RECIPE, reviser_steps=50)
-    training.train_reviser(recipe, tokenizer, proposer, examples, seed=0)
+    seen = reviser_prompts_drawn(monkeypatch, recipe, examples)
     assert len(seen) == recipe.reviser_steps * recipe.reviser_batch
     share = sum("9 * 5" in prompt for prompt in seen) / len(seen)
     assert 0.4 < share < 0.6  # one example of ten, drawn half the time (uniform draws: a tenth)
@@ -185,21 +191,10 @@ def test_progress_bars_show_a_loss_only_for_training_stages(capsys):
 
 
 def test_generated_trajectories_fill_their_share_of_the_reviser_batches(monkeypatch):
-    from ttc_nodes.testbed import train as training
-    from ttc_nodes.testbed.model import build_tokenizer, new_causal_lm
-
-    tokenizer = build_tokenizer()
-    proposer = new_causal_lm(QUICK_RECIPE.size, tokenizer, 0)
     sampled = [("Compute 1 + 1.", [], "1 + 1 = \\boxed{2}")] * 6 + [("Compute 2 + 2.", [], "2 + 2 = \\boxed{4}")]
     generated = [(f"Compute {n} * 3.", [f"{n} * 3 = 1"], f"{n} * 3 = \\boxed{{{3 * n}}}") for n in range(10, 13)]
-    seen: list[str] = []
-
-    def record(model, tokenizer, batches, steps, lr, name):
-        seen.extend(prompt for batch in batches for prompt, _ in batch)
-
-    monkeypatch.setattr(training, "fit_causal_lm", record)
     recipe = dataclasses.replace(QUICK_RECIPE, reviser_steps=100, reviser_generated_share=0.8)
-    training.train_reviser(recipe, tokenizer, proposer, sampled, seed=0, generated=generated)
+    seen = reviser_prompts_drawn(monkeypatch, recipe, sampled, generated)
 
     share = sum("* 3" in prompt for prompt in seen) / len(seen)
     assert 0.75 < share < 0.85
