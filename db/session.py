@@ -3,6 +3,8 @@ reachable database whose schema is at the latest migration."""
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import URL, Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -36,7 +38,19 @@ class DatabaseSettings(BaseSettings):
 
 
 def database_url(explicit: str | None = None) -> str:
-    """The URL to use: `explicit`, else `TTC_DATABASE_URL`, else a SQLite file in the user's data dir."""
+    """The URL to use: `explicit`, else `TTC_DATABASE_URL`, else a SQLite file in the user's data dir.
+
+    `explicit` may name the URL instead of holding it, so that a password never travels as a flow
+    parameter (Prefect stores parameters in plain text): `env:VAR` reads the environment variable
+    VAR, `secret:NAME` the Prefect Secret block NAME (resolved where the flow runs)."""
+    if explicit and explicit.startswith("env:"):
+        variable = explicit.removeprefix("env:")
+        value = os.environ.get(variable)
+        if not value:
+            raise DatabaseError(f"--db {explicit}: environment variable {variable} is not set")
+        return value
+    if explicit and explicit.startswith("secret:"):
+        return _secret(explicit.removeprefix("secret:"))
     if explicit:
         return explicit
     configured = DatabaseSettings().url
@@ -47,9 +61,31 @@ def database_url(explicit: str | None = None) -> str:
     return f"sqlite:///{data_dir / 'ttc.db'}"
 
 
+def _secret(name: str) -> str:
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(name).get()
+    except (ValueError, RuntimeError) as error:
+        raise DatabaseError(f"--db secret:{name}: no Prefect Secret block {name!r} ({error})") from error
+    return str(value)
+
+
+def has_password(url: str) -> bool:
+    """Whether `url` is a database URL that carries a password (which must not become a parameter)."""
+    try:
+        return make_url(url).password is not None
+    except ArgumentError:
+        return False
+
+
 def normalise_url(url: str | URL) -> URL:
-    """Parse `url`, choosing psycopg 3 for PostgreSQL when no driver is named."""
-    parsed = make_url(url)
+    """Parse `url`, choosing psycopg 3 for PostgreSQL when no driver is named; DatabaseError if it
+    is not a URL SQLAlchemy can read."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as error:
+        raise DatabaseError(f"cannot parse database URL {_hide(str(url))!r}: expected e.g. sqlite:///ttc.db") from error
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
@@ -123,7 +159,10 @@ def _make_engine(url: URL) -> Engine:
                 raise DatabaseError(f"cannot reach database {masked(url)}: {reason}") from error
     elif url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
         connect_args["connect_timeout"] = 10
-    engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+    try:
+        engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+    except (NoSuchModuleError, ModuleNotFoundError) as error:
+        raise DatabaseError(f"unknown database kind in {masked(url)}: use sqlite:/// or postgresql://") from error
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -157,6 +196,11 @@ def _upgrade(engine: Engine) -> None:
             command.upgrade(config, "head")
     except CommandError as error:
         raise DatabaseError(f"cannot migrate database {masked(engine.url)}: {error}") from error
+
+
+def _hide(text: str) -> str:
+    """A string that failed to parse as a URL, with anything between `:` and `@` hidden."""
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", text)
 
 
 def _reason(error: DBAPIError) -> str:

@@ -1,5 +1,5 @@
 """The `calibrate` flow: learn a compute-optimal policy θ*(difficulty bin, budget) on a
-calibration dataset (PAPER.md §3–§4).
+calibration dataset (Snell et al. 2024, §3–§4).
 
 1. Sample one pool of answers per prompt (as many as the largest budget) and score it with the PRM.
    Best-of-N (plain and weighted) and majority at every N are read off that pool by averaging over
@@ -28,11 +28,13 @@ from db import queries
 from db.recorder import Recorder
 from db.session import connect
 from flows.config import ModelSettings
-from flows.datasets import load_dataset
+from flows.datasets import Problem, load_dataset
 from flows.evaluate import estimate_difficulty, run_all, solve_prompt, unsolved
 from flows.plots import plot_policy
 from flows.policy import Plan, Policy, assign_bin, fit_policy, quantile_thresholds
+from flows.solving import engines_for, masked_models
 from graphs import registry
+from graphs.settings import MAX_BUDGET
 from graphs.registry import SettingsError
 from ttc_nodes.answers import is_correct
 from ttc_nodes.select import VoteMethod, vote
@@ -119,6 +121,45 @@ def run_correctness(database: str | None, run_id: str) -> dict[str, float]:
         return {t.problem.key: float(bool(t.correct)) for t in queries.trace_of(session, run_id) if t.status == "done"}
 
 
+def prepare(
+    dataset: str,
+    *,
+    budgets: Sequence[int],
+    plans: Sequence[str] | None = None,
+    difficulty_samples: int = 16,
+    bins: int = 5,
+    models: dict[str, Any] | None = None,
+    limit: int | None = None,
+    shard: str | None = None,
+    seed: int | None = None,
+    bad_lines: str = "fail",
+    warn: Any = None,
+) -> tuple[list[int], dict[str, Plan], ModelSettings, list[Problem]]:
+    """Check a calibration request whole before anything is written: budgets, plans, bins, engines
+    and a dataset with references. The sorted budgets, the plan grid, the engines and the problems."""
+    if not budgets or min(budgets) < 1 or max(budgets) > MAX_BUDGET:
+        raise ValueError(f"budgets must be a non-empty list of integers in 1..{MAX_BUDGET}, got {list(budgets)}")
+    if bins < 1 or difficulty_samples < 1:
+        raise ValueError(f"--bins and --difficulty-samples must be >= 1, got {bins} and {difficulty_samples}")
+    grid = {label: plan_of(label) for label in (plans or DEFAULT_PLANS)}
+    engines = ModelSettings(**(models or {}))
+    pool = registry.get("best_of_n_weighted").configure({"budget": max(max(budgets), difficulty_samples)})
+    engines_for("best_of_n_weighted", pool, engines)
+    for plan in grid.values():
+        for n in budgets:
+            if valid_at(plan, n):
+                engines_for(plan.strategy, registry.get(plan.strategy).configure({**plan.settings, "budget": n}), engines)
+    problems = load_dataset(dataset, limit=limit, shard=shard, seed=seed, bad_lines=bad_lines, warn=warn)  # type: ignore[arg-type]
+    if any(p.reference is None for p in problems):
+        raise ValueError("calibration needs reference answers for every prompt")
+    if len(problems) < 2 * bins:
+        raise ValueError(
+            f"two-fold cross-validation in {bins} difficulty bins needs at least {2 * bins} prompts; "
+            f"the dataset gives {len(problems)} (use more prompts or fewer --bins)"
+        )
+    return sorted(set(budgets)), grid, engines, problems
+
+
 @flow(name="calibrate", log_prints=False, validate_parameters=True)
 def calibrate(
     dataset: str,
@@ -139,22 +180,30 @@ def calibrate(
 ) -> dict[str, Any]:
     """Fit a compute-optimal policy on `dataset` and write it to `out` (and the database)."""
     logger = get_run_logger()
-    if not budgets or min(budgets) < 1:
-        raise ValueError("budgets must be a non-empty list of integers >= 1")
-    budgets = sorted(set(budgets))
-    labels = list(plans or DEFAULT_PLANS)
-    grid = {label: plan_of(label) for label in labels}
-    engines = ModelSettings(**(models or {}))
-    problems = load_dataset(dataset, limit=limit, shard=shard, seed=seed, bad_lines=bad_lines, warn=logger.warning)  # type: ignore[arg-type]
-    if any(p.reference is None for p in problems):
-        raise ValueError("calibration needs reference answers for every prompt")
+    budgets, grid, engines, problems = prepare(
+        dataset,
+        budgets=budgets,
+        plans=plans,
+        difficulty_samples=difficulty_samples,
+        bins=bins,
+        models=models,
+        limit=limit,
+        shard=shard,
+        seed=seed,
+        bad_lines=bad_lines,
+        warn=logger.warning,
+    )
     name = run_name or f"calibrate-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     recorder = Recorder(connect(database))
     pool_size = max(max(budgets), difficulty_samples)
 
     pool_run = recorder.open_run(f"{name}/pool", {"flow": "calibrate", "dataset": dataset, "pool": pool_size})
     todo = unsolved(recorder, pool_run, problems)
-    run_all([estimate_difficulty.submit(p, pool_size, engines, database, pool_run) for p in todo], "answer pools")
+    _, errors = run_all(
+        [estimate_difficulty.submit(p, pool_size, engines, database, pool_run) for p in todo], "answer pools"
+    )
+    failed = len(errors)
+    recorder.close_run(pool_run, "partial" if errors else "done")
     pools = pool_samples(database, pool_run)
 
     outcomes: dict[tuple[str, str, int], float] = {}
@@ -175,10 +224,12 @@ def calibrate(
             run_id = recorder.open_run(f"{name}/{label}/{n}", {"flow": "calibrate", "plan": label, "budget": n})
             values = {**plan.settings, "budget": n}
             todo = unsolved(recorder, run_id, problems)
-            run_all(
+            _, errors = run_all(
                 [solve_prompt.submit(p, plan.strategy, values, engines, database, run_id) for p in todo],
                 f"{label} N={n}",
             )
+            failed += len(errors)
+            recorder.close_run(run_id, "partial" if errors else "done")
             for key, correct_value in run_correctness(database, run_id).items():
                 outcomes[(key, label, n)] = correct_value
 
@@ -210,7 +261,7 @@ def calibrate(
             "dataset": dataset,
             "run_name": name,
             "prompts": len(keys),
-            "models": engines.model_dump(),
+            "models": masked_models(engines),
             "created_at": datetime.now(UTC).isoformat(),
         },
     )
@@ -219,7 +270,7 @@ def calibrate(
     report = {**efficiency_report(policy, budgets), "plot": str(plot_policy(policy, Path(out).with_suffix(".png")))}
     publish(report, name)
     logger.info("policy %s written to %s", name, out)
-    return {"policy": name, "out": out, "prompts": len(keys), **report}
+    return {"policy": name, "out": out, "prompts": len(keys), "failed": failed, **report}
 
 
 def efficiency_report(policy: Policy, budgets: Sequence[int]) -> dict[str, Any]:

@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Annotated, Any, Literal, NoReturn
 
 import typer
+from typer._click import exceptions as click  # Typer vendors its own click; its usage errors are these
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from db import queries
+from db.recorder import Recorder
 from db.session import DatabaseError, connect
 from flows.config import ModelSettings
+from flows.process import (
+    EXIT_PROMPTS_FAILED,
+    quiet_tracebacks,
+    secrets_to_environment,
+    start_prefect_server,
+    stops_cleanly,
+)
 from flows.render import render_solve
 from flows.solving import solve_question
 from graphs import registry
@@ -24,8 +36,32 @@ from graphs.runner import SolveError, StepEvent
 from ttc_nodes.budget import BudgetError
 from ttc_nodes.engines import EngineError
 
+class OneLineErrors(TyperGroup):
+    """A usage error (an unknown option, `--budget abc`) is one line and exit status 2, like every
+    other refusal, instead of Typer's framed usage box."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.NoArgsIsHelpError as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            message = error.format_message()
+            if isinstance(error, click.UsageError) and error.ctx is not None:
+                message = f"{error.ctx.command_path}: {message}"
+            say_error(message)
+            sys.exit(2 if isinstance(error, click.UsageError) else error.exit_code)
+        except typer.Abort:
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="ttc",
+    cls=OneLineErrors,
     help="Test-time compute for LLMs: PRM search, revisions, compute-optimal scaling — every step audited.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -53,10 +89,14 @@ AsJson = Annotated[bool, typer.Option("--json", help="print exactly one JSON obj
 SamplingSeed = Annotated[int | None, typer.Option(help="base sampling seed")]
 
 
-def fail(message: str) -> NoReturn:
+def say_error(message: str) -> None:
     # One line whatever the terminal width or the library's message; brackets in paths are not markup.
     line = " ".join(message.split())
     err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+
+def fail(message: str) -> NoReturn:
+    say_error(message)
     raise typer.Exit(2)
 
 
@@ -69,6 +109,28 @@ def user_errors() -> Iterator[None]:
         fail(f"solve failed: {error} (the trace so far is stored)")
     except USER_ERRORS as error:
         fail(str(error))
+    except SQLAlchemyError as error:
+        # The driver's first line (a NUL on PostgreSQL, a read-only SQLite file), never its SQL.
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__]
+        fail(f"database error: {reason[0]}")
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show tracebacks of failed flows and tasks")] = False,
+) -> None:
+    """Test-time compute for LLMs: PRM search, revisions, compute-optimal scaling — every step audited."""
+    quiet_tracebacks(verbose)
+
+
+def interrupted(database: str | None) -> Callable[[], str]:
+    """What a stop signal does: mark this process's solves in flight as interrupted."""
+
+    def stop() -> str:
+        count = Recorder(connect(database)).interrupt_running()
+        return f"{count} solve(s) in flight marked interrupted; run the same command again to resume"
+
+    return stop
 
 
 def models_from(proposer: str | None, verifier: str | None, reviser: str | None, seed: int | None) -> ModelSettings:
@@ -152,7 +214,7 @@ def solve(
 ) -> None:
     """Solve one question with a strategy; print the answer, the spend and the run id."""
     values = {**parse_assignments(assignments or []), "budget": budget}
-    with user_errors(), err.status("loading models…") as status:
+    with user_errors(), stops_cleanly(interrupted(database)), err.status("loading models…") as status:
         outcome = solve_question(
             question,
             strategy=strategy,
@@ -255,39 +317,51 @@ def evaluate(
 ) -> None:
     """Evaluate a dataset with one strategy, or with a compute-optimal policy; print accuracy and spend."""
     from flows.evaluate import evaluate as evaluate_flow
+    from flows.evaluate import prepare
 
-    if budget is not None and budget < 1:
-        fail(f"--budget must be >= 1, got {budget}")
     runner = task_runner(concurrency, dask)
+    settings = parse_assignments(assignments or [])
+    models = models_from(proposer, verifier, reviser, seed).model_dump()
+    database = secrets_to_environment(database, models)
+    plan = {"strategy": strategy, "budget": budget, "settings": settings, "policy": policy}
+    request = {**plan, "total_budget": total_budget, "limit": limit, "shard": shard, "seed": subset_seed}
+    bad_lines = "skip" if skip_bad_lines else "fail"
     with user_errors():
+        # Everything a user can get wrong is refused here, in one line, before Prefect starts.
+        prepare(dataset, **request, models=models, bad_lines=bad_lines, warn=lambda *a: None)
+        connect(database)
+    with user_errors(), stops_cleanly(interrupted(database)):
+        start_prefect_server()
         result = evaluate_flow.with_options(task_runner=runner)(
             dataset=dataset,
-            strategy=strategy,
-            budget=budget,
-            settings=parse_assignments(assignments or []),
-            policy=policy,
-            total_budget=total_budget,
-            models=models_from(proposer, verifier, reviser, seed).model_dump(),
+            **request,
+            models=models,
             database=database,
             run_name=run_name,
-            limit=limit,
-            shard=shard,
-            seed=subset_seed,
-            bad_lines="skip" if skip_bad_lines else "fail",
+            bad_lines=bad_lines,
             summary_path=summary,
         )
     if as_json:
         print(json.dumps(result, default=str))
-        return
-    out.print(summary_table(result))
+    else:
+        out.print(summary_table(result))
+    if result["failed"]:
+        for failure in result["failures"][:20]:
+            err.print(f"[red]failed[/] {escape(failure['key'])}: {escape(failure['error'])}", highlight=False)
+        err.print(f"{result['failed']} prompt(s) failed; re-run the same command to retry them (exit status 3)")
+        raise typer.Exit(EXIT_PROMPTS_FAILED)
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
+    from flows.evaluate import plan_line
+
     accuracy = summary["accuracy"]
     low, high = summary["accuracy_ci95"]
     title = (
-        f"run {summary.get('run_name') or summary['run_id']} · {summary['done']} solved, {summary['failed']} failed · "
-        f"accuracy {'—' if accuracy is None else f'{accuracy:.3f}'} (95% CI {low:.3f}–{high:.3f})"
+        f"run {summary.get('run_name') or summary['run_id']} · {summary.get('dataset')} · {plan_line(summary)} · "
+        f"{summary['done']} solved, {summary['failed']} failed · "
+        f"accuracy {'—' if accuracy is None else f'{accuracy:.3f}'} (95% CI {low:.3f}–{high:.3f})\n"
+        f"proposer {summary.get('proposer')} · verifier {summary.get('verifier')}"
     )
     table = Table(title=title, title_justify="left")
     for column in ("bin", "prompts", "correct", "accuracy", "generations / prompt"):
@@ -335,22 +409,41 @@ def calibrate(
 ) -> None:
     """Fit a compute-optimal policy θ*(difficulty bin, budget) on a calibration dataset."""
     from flows.calibrate import calibrate as calibrate_flow
+    from flows.calibrate import prepare
 
     try:
         budget_list = [int(b) for b in budgets.split(",") if b.strip()]
     except ValueError:
         fail(f"--budgets must be comma-separated integers, got {budgets!r}")
     runner = task_runner(concurrency, dask)
+    models = models_from(proposer, verifier, reviser, seed).model_dump()
+    database = secrets_to_environment(database, models)
+    labels = [p.strip() for p in plans.split(",")] if plans else None
+    subset = {"limit": limit, "shard": shard, "seed": subset_seed, "bad_lines": "skip" if skip_bad_lines else "fail"}
     with user_errors():
+        # Everything a user can get wrong is refused here, in one line, before Prefect starts.
+        prepare(
+            dataset,
+            budgets=budget_list,
+            plans=labels,
+            difficulty_samples=difficulty_samples,
+            bins=bins,
+            models=models,
+            warn=lambda *a: None,
+            **subset,  # type: ignore[arg-type]
+        )
+        connect(database)
+    with user_errors(), stops_cleanly(interrupted(database)):
+        start_prefect_server()
         report = calibrate_flow.with_options(task_runner=runner)(
             dataset=dataset,
             budgets=budget_list,
-            plans=[p.strip() for p in plans.split(",")] if plans else None,
+            plans=labels,
             out=out_file,
             difficulty=difficulty,
             difficulty_samples=difficulty_samples,
             bins=bins,
-            models=models_from(proposer, verifier, reviser, seed).model_dump(),
+            models=models,
             database=database,
             run_name=run_name,
             limit=limit,
@@ -360,7 +453,14 @@ def calibrate(
         )
     if as_json:
         print(json.dumps(report, default=str))
-        return
+    else:
+        out.print(calibration_table(report))
+    if report["failed"]:
+        err.print(f"{report['failed']} calibration solve(s) failed; re-run the same command to retry them")
+        raise typer.Exit(EXIT_PROMPTS_FAILED)
+
+
+def calibration_table(report: dict[str, Any]) -> Table:
     table = Table(
         title=f"policy {report['policy']} → {report['out']} ({report['prompts']} prompts)", title_justify="left"
     )
@@ -375,7 +475,7 @@ def calibrate(
         f"compute-optimal matches best-of-N weighted at N={report['baseline_budget']} "
         f"with N={report['matching_budget']}; accuracy against budget plotted in {report['plot']}"
     )
-    out.print(table)
+    return table
 
 
 @app.command()

@@ -7,9 +7,13 @@ Specs:
 - `math500`, `gsm8k`, `gsm8k_train` — those files in the directory `$TTC_DATA_DIR`;
 - `hf:NAME?split=test&config=...` — a dataset already in the local Hugging Face cache.
 
-A file's bad lines (invalid JSON, not an object, a missing or empty field, a duplicate key) either
-fail the load or are skipped with a warning each, never dropped silently. `seed`, `shard` and
-`limit` then pick a subset, in that order.
+A file's bad lines (invalid JSON, not an object, a missing or empty field, a NUL character, a
+question over `MAX_QUESTION_CHARS`, a duplicate key) either fail the load or are skipped with a
+warning each, never dropped silently; an empty file is refused. `seed`, `shard` and `limit` then
+pick a subset, in that order, by position: only the testbed problems the subset keeps are drawn (the
+first k of `n=` are the same whatever `n`), so `testbed:arith?n=100000000` with `limit=1` draws one.
+At most `MAX_TESTBED_N` testbed problems are drawn for one load; a `seed` shuffle needs all `n`, so it
+takes `n` up to that maximum.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ import logging
 import os
 import random
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode
 
 from ttc_nodes.answers import reference_answer
+from ttc_nodes.prompts import MAX_QUESTION_CHARS
 from ttc_nodes.testbed.task import from_spec
 
 logger = logging.getLogger(__name__)
@@ -43,6 +48,7 @@ ACCEPTED_FORMS = (
     f"{' / '.join(SHORTCUTS)} (files in ${DATA_DIR_ENV}), hf:NAME[?split=SPLIT&config=CONFIG]"
 )
 HF_OPTIONS = ("config", "split")
+MAX_TESTBED_N = 100_000  # testbed problems drawn for one load: about 10 s of drawing
 
 _GSM8K_FINAL = re.compile(r"^####\s*\S", re.MULTILINE)
 
@@ -92,8 +98,8 @@ def load_dataset(
     if source.kind == "testbed":
         if question_field or answer_field:
             raise DatasetError(f"{spec}: question_field / answer_field apply to jsonl and hf datasets only")
-        problems = _testbed_problems(source)
-    elif source.kind == "hf":
+        return _testbed_problems(source, seed=seed, shard=shard_index, limit=limit)
+    if source.kind == "hf":
         problems = _records_to_problems(source.name, source.location, _hf_rows(source), fields, report, "row")
     else:
         path = _resolve_path(source)
@@ -102,7 +108,8 @@ def load_dataset(
     if not problems:
         skipped = f" ({report.skipped} bad line(s) skipped)" if report.skipped else ""
         raise DatasetError(f"{source.location}: no problems{skipped}")
-    return _subset(problems, spec=spec, seed=seed, shard=shard_index, limit=limit)
+    chosen = _positions(len(problems), source=spec, seed=seed, shard=shard_index, limit=limit)
+    return [problems[position] for position in chosen]
 
 
 def dataset_name(spec: str) -> str:
@@ -202,14 +209,34 @@ def _resolve_path(source: _Source) -> Path:
 Record = tuple[int, Any, str | None]  # (line or row number, parsed value, reason it is bad or None)
 
 
-def _testbed_problems(source: _Source) -> list[Problem]:
+def _testbed_problems(
+    source: _Source, *, seed: int | None, shard: tuple[int, int] | None, limit: int | None
+) -> list[Problem]:
+    """The subset's testbed problems, drawing only as many as its last position needs."""
+    given = source.options.get("n", "100")
+    count = int(given) if given.isascii() and given.isdigit() else 0
+    if count < 1:
+        raise DatasetError(f"{source.location}: n must be a whole number of problems, 1 or more; got {given!r}")
+    if seed is not None and count > MAX_TESTBED_N:
+        raise DatasetError(
+            f"{source.location}: a seed shuffles all n={count:,} problems; "
+            f"at most {MAX_TESTBED_N:,} (MAX_TESTBED_N) can be shuffled"
+        )
+    chosen = _positions(count, source=source.location, seed=seed, shard=shard, limit=limit)
+    needed = max(chosen) + 1 if isinstance(chosen, list) else chosen[-1] + 1
+    if needed > MAX_TESTBED_N:
+        raise DatasetError(
+            f"{source.location}: n={count:,} would draw {needed:,} problems, over the {MAX_TESTBED_N:,} "
+            "(MAX_TESTBED_N) one load draws; ask for fewer with n=, a limit or a shard"
+        )
     try:
-        drawn = from_spec(source.options)
+        drawn = from_spec({**source.options, "n": str(needed)})
     except ValueError as exc:
         raise DatasetError(f"{source.location}: {exc}") from exc
+    picked = (drawn[position] for position in chosen)
     return [
         Problem(source.name, problem.key, problem.question, problem.answer, {"difficulty": problem.difficulty})
-        for problem in drawn
+        for problem in picked
     ]
 
 
@@ -220,6 +247,8 @@ def _jsonl_records(path: Path) -> Iterator[Record]:
         data = path.read_bytes()
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if not data.strip():
+        raise DatasetError(f"{path}: the file is empty (no problems)")
     for number, raw in enumerate(data.split(b"\n"), start=1):
         try:
             line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
@@ -370,6 +399,11 @@ def _records_to_problems(
 
 def _problem(dataset: str, number: int, record: Mapping[str, Any], layout: _Layout, unit: str) -> Problem:
     question = _text(record, layout.question_field)
+    if len(question) > MAX_QUESTION_CHARS:
+        raise _BadRecord(
+            f"field {layout.question_field!r} is {len(question):,} characters long, over the "
+            f"{MAX_QUESTION_CHARS:,} a question may have (MAX_QUESTION_CHARS)"
+        )
     reference = None
     if layout.answer_field is not None:
         answer = _text(record, layout.answer_field)
@@ -391,21 +425,28 @@ def _text(record: Mapping[str, Any], name: str) -> str:
     text = str(value)
     if not text.strip():
         raise _BadRecord(f"empty field {name!r}")
+    if "\x00" in text:  # PostgreSQL cannot store it, and no model should read it
+        raise _BadRecord(f"field {name!r} holds a NUL character (\\x00)")
     return text
 
 
 # --- Subsets -------------------------------------------------------------------------------------
 
 
-def _subset(
-    problems: list[Problem], *, spec: str, seed: int | None, shard: tuple[int, int] | None, limit: int | None
-) -> list[Problem]:
-    chosen = list(problems)
+def _positions(
+    total: int, *, source: str, seed: int | None, shard: tuple[int, int] | None, limit: int | None
+) -> Sequence[int]:
+    """The positions, among `total` problems, of the subset: shuffled by `seed` (as shuffling the
+    problems themselves would), then every n-th from the shard's index, then the first `limit`.
+    Without a seed it is a `range`, built in constant time whatever `total` is."""
+    chosen: Sequence[int] = range(total)
     if seed is not None:
-        random.Random(seed).shuffle(chosen)
+        order = list(chosen)
+        random.Random(seed).shuffle(order)
+        chosen = order
     if shard is not None:
         index, count = shard
-        chosen = [problem for position, problem in enumerate(chosen) if position % count == index]
+        chosen = chosen[index::count]
         if not chosen:
-            raise DatasetError(f"{spec}: shard {index}/{count} of {len(problems)} problem(s) is empty")
+            raise DatasetError(f"{source}: shard {index}/{count} of {total} problem(s) is empty")
     return chosen[:limit] if limit is not None else chosen

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -26,7 +27,7 @@ from db.session import connect
 from flows.config import ModelSettings
 from flows.datasets import Problem, load_dataset
 from flows.policy import Policy, allocate
-from flows.solving import solve_question
+from flows.solving import engines_for, masked_models, solve_question
 from graphs import registry
 from ttc_nodes.answers import is_correct
 from ttc_nodes.engines import TransientEngineError
@@ -152,12 +153,18 @@ def summarize(database: str | None, run_id: str, difficulty_cost: Mapping[str, f
     for row in by_bin.values():
         row["accuracy"] = row["correct"] / row["graded"] if row["graded"] else None
         row["mean_generations"] = row["generations"] / row["prompts"]
+    failures = [
+        {"key": t.problem.key, "status": t.status, "error": " ".join((t.error or t.status).split())[:300]}
+        for t in traces
+        if t.status not in ("done", "running")
+    ]
     summary: dict[str, Any] = {
         "run_id": run_id,
         "run_name": info.name if info else None,
         "prompts": len(traces),
         "done": len(done),
-        "failed": sum(t.status == "failed" for t in traces),
+        "failed": len(failures),
+        "failures": failures,
         "graded": len(graded),
         "correct": correct,
         "accuracy": correct / len(graded) if graded else None,
@@ -221,28 +228,22 @@ def evaluate(
     """Solve every prompt of `dataset` with one strategy at one budget, or with the plan a
     compute-optimal policy picks for the prompt's predicted difficulty, and summarise."""
     logger = get_run_logger()
-    engines = ModelSettings(**(models or {}))
-    if policy is None:
-        if strategy is None or budget is None:
-            raise ValueError("give --strategy and --budget, or --policy with --budget or --total-budget")
-        registry.get(strategy).configure({**(settings or {}), "budget": budget})  # fail before any work
-        loaded = None
-    else:
-        loaded = Policy.load(Path(policy))
-        if (budget is None) == (total_budget is None):
-            raise ValueError("with --policy give exactly one of --budget and --total-budget")
-    problems = load_dataset(dataset, limit=limit, shard=shard, seed=seed, bad_lines=bad_lines, warn=logger.warning)  # type: ignore[arg-type]
+    request = prepare(
+        dataset,
+        strategy=strategy,
+        budget=budget,
+        settings=settings,
+        policy=policy,
+        total_budget=total_budget,
+        models=models,
+        limit=limit,
+        shard=shard,
+        seed=seed,
+        bad_lines=bad_lines,
+        warn=logger.warning,
+    )
+    engines, loaded, problems, config = request.engines, request.policy, request.problems, request.config
     recorder = Recorder(connect(database))
-    config = {
-        "flow": "evaluate",
-        "dataset": dataset,
-        "strategy": strategy,
-        "budget": budget,
-        "settings": settings,
-        "policy": policy,
-        "total_budget": total_budget,
-        **engines.model_dump(),
-    }
     run_id = recorder.open_run(run_name, config)
     todo = unsolved(recorder, run_id, problems)
     logger.info(
@@ -263,13 +264,85 @@ def evaluate(
     _, errors = run_all(futures, "solving")
     for error in errors:
         logger.error("prompt failed: %s", error)
-    summary = summarize(database, run_id, difficulty_cost)
-    summary["dataset"] = dataset
+    summary = {**summarize(database, run_id, difficulty_cost), **described(config)}
     publish(summary)
     if summary_path:
         Path(summary_path).write_text(json.dumps(summary, indent=2, default=str))
     recorder.close_run(run_id, "done" if not summary["failed"] else "partial")
     return summary
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """An `evaluate` request checked whole before anything is written: its engines load, its
+    strategy (or every plan of its policy, at every calibrated budget) accepts its settings, and its
+    dataset reads. `config` is what the run is bound to (credentials masked)."""
+
+    engines: ModelSettings
+    policy: Policy | None
+    problems: list[Problem]
+    config: dict[str, Any]
+
+
+def prepare(
+    dataset: str,
+    *,
+    strategy: str | None = None,
+    budget: int | None = None,
+    settings: dict[str, Any] | None = None,
+    policy: str | None = None,
+    total_budget: int | None = None,
+    models: dict[str, Any] | None = None,
+    limit: int | None = None,
+    shard: str | None = None,
+    seed: int | None = None,
+    bad_lines: str = "fail",
+    warn: Any = None,
+) -> Evaluation:
+    """Check an `evaluate` request; a ValueError (or EngineError) names the first thing wrong."""
+    engines = ModelSettings(**(models or {}))
+    loaded: Policy | None = None
+    if policy is None:
+        if total_budget is not None:
+            raise ValueError("--total-budget needs --policy (a policy file from `ttc calibrate`)")
+        if strategy is None or budget is None:
+            raise ValueError("give --strategy and --budget, or --policy with --budget or --total-budget")
+        plans = [(strategy, registry.get(strategy).configure({**(settings or {}), "budget": budget}))]
+    else:
+        if strategy is not None or settings:
+            raise ValueError("--policy picks the strategy and its settings per prompt: drop --strategy and --set")
+        if (budget is None) == (total_budget is None):
+            raise ValueError("with --policy give exactly one of --budget and --total-budget")
+        loaded = Policy.load(Path(policy))
+        if budget is not None and budget not in loaded.budgets:
+            calibrated = ", ".join(str(b) for b in loaded.budgets)
+            raise ValueError(
+                f"policy {policy} was calibrated at budgets {calibrated}; --budget {budget} is not one of them"
+            )
+        plans = [("best_of_n_weighted", registry.get("best_of_n_weighted").configure({"budget": loaded.difficulty_samples}))]
+        plans += loaded.configured_plans()
+    for name, configured in plans:
+        engines_for(name, configured, engines)  # loads (and caches) every engine the plans use
+    problems = load_dataset(dataset, limit=limit, shard=shard, seed=seed, bad_lines=bad_lines, warn=warn)  # type: ignore[arg-type]
+    if not problems:
+        raise ValueError(f"dataset {dataset} holds no prompts (after --limit and --shard)")
+    config = {
+        "flow": "evaluate",
+        "dataset": dataset,
+        "strategy": strategy,
+        "budget": budget,
+        "settings": settings or None,
+        "policy": policy,
+        "total_budget": total_budget,
+        **masked_models(engines),
+    }
+    return Evaluation(engines=engines, policy=loaded, problems=problems, config=config)
+
+
+def described(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a summary says the run was: dataset, plan and model URIs (credentials masked)."""
+    keys = ("dataset", "strategy", "budget", "settings", "policy", "total_budget", "proposer", "verifier", "reviser")
+    return {key: config.get(key) for key in keys}
 
 
 def policy_plans(
@@ -311,6 +384,15 @@ def policy_plans(
     return plans, cost
 
 
+def plan_line(summary: Mapping[str, Any]) -> str:
+    """`beam N=16`, or `policy p.json at N=8` / `policy p.json with 400 generations in all`."""
+    if summary.get("policy"):
+        if summary.get("total_budget") is not None:
+            return f"policy {summary['policy']} with {summary['total_budget']} generations in all"
+        return f"policy {summary['policy']} at N={summary.get('budget')}"
+    return f"{summary.get('strategy')} N={summary.get('budget')}"
+
+
 def publish(summary: Mapping[str, Any]) -> None:
     """The summary as Prefect artifacts: a markdown overview and a table by difficulty bin."""
     low, high = summary["accuracy_ci95"]
@@ -318,10 +400,13 @@ def publish(summary: Mapping[str, Any]) -> None:
     text = [
         f"# Evaluation {summary.get('run_name') or summary['run_id']}",
         f"- dataset: `{summary.get('dataset')}`",
+        f"- plan: {plan_line(summary)}",
+        f"- models: proposer `{summary.get('proposer')}`, verifier `{summary.get('verifier')}`",
         f"- prompts: {summary['prompts']} ({summary['done']} done, {summary['failed']} failed)",
         f"- accuracy: {accuracy if accuracy is None else round(accuracy, 4)} (95% CI {low:.3f}–{high:.3f})",
         f"- spend: {summary['generations']:g} generations, {summary['tokens']} tokens, {summary['flops']:.3g} FLOPs",
     ]
+    text += [f"- failed: `{f['key']}` ({f['status']}): {f['error']}" for f in summary["failures"][:50]]
     if "difficulty_cost" in summary:
         text.append(f"- with difficulty estimation: {summary['generations_with_difficulty']:g} generations")
     create_markdown_artifact("\n".join(text), key="evaluation-summary", description="ttc evaluate summary")

@@ -1,4 +1,4 @@
-"""The compute-optimal policy (PAPER.md §3–§4): difficulty bins, the table θ*(bin, N) fitted with
+"""The compute-optimal policy (Snell et al. 2024, §3–§4): difficulty bins, the table θ*(bin, N) fitted with
 two-fold cross-validation inside each bin, and, beyond the paper, a split of a whole dataset's budget
 across bins.
 
@@ -143,7 +143,7 @@ def fit_policy(
     folds: int = 2,
     seed: int = 0,
 ) -> PolicyFit:
-    """Fit θ*(bin, N) by `folds`-fold cross-validation inside each bin (PAPER.md §4).
+    """Fit θ*(bin, N) by `folds`-fold cross-validation inside each bin (Snell et al. 2024, §4).
 
     `outcomes[(problem, plan label, N)]` is that plan's accuracy on that problem (0/1 or an expected
     value in [0, 1]); `bins[problem]` its difficulty bin. Budgets are those that occur in `outcomes`.
@@ -269,6 +269,23 @@ class Policy(BaseModel):
             raise ValueError(f"budget {budget} is below the smallest calibrated budget {self.budgets[0]}")
         calibrated = self.budgets[position - 1]
         return self.plans[self.fit.choices[self._calibrated_bin(bin)][calibrated]], calibrated
+
+    def configured_plans(self) -> list[tuple[str, Any]]:
+        """(strategy, validated settings) of every plan the table chooses, at every budget it is
+        chosen for; a plan a strategy refuses at its budget (a beam width that does not divide it)
+        raises the strategy's SettingsError, naming the plan, before anything runs."""
+        from graphs import registry
+        from graphs.registry import SettingsError
+
+        configured = []
+        chosen = sorted({(label, budget) for row in self.fit.choices.values() for budget, label in row.items()})
+        for label, budget in chosen:
+            plan = self.plans[label]
+            try:
+                configured.append((plan.strategy, registry.get(plan.strategy).configure({**plan.settings, "budget": budget})))
+            except SettingsError as error:
+                raise SettingsError(f"policy plan {label!r} at budget {budget}: {error}") from error
+        return configured
 
     def curves(self) -> dict[int, dict[int, float]]:
         """Bin -> N -> cross-validated accuracy, for every bin 1..B: the input of `allocate`. A bin

@@ -14,14 +14,14 @@ from typing import Any
 from db.recorder import Recorder
 from db.session import connect
 from flows.config import ModelSettings
-from flows.tracing import DatabaseSink
+from flows.tracing import DatabaseSink, storable
 from graphs import registry
 from graphs.runner import SolveError, StepEvent, TraceSink, run_graph
 from graphs.settings import StrategySettings
 from ttc_nodes.answers import is_correct
 from ttc_nodes.budget import BudgetError, Spend
 from ttc_nodes.engines import load_proposer, load_verifier
-from ttc_nodes.engines.uris import prompt_format_of
+from ttc_nodes.engines.uris import masked_uri, prompt_format_of
 from ttc_nodes.state import SolveContext
 
 
@@ -62,9 +62,19 @@ def question_key(question: str) -> str:
     return hashlib.sha256(question.encode()).hexdigest()[:16]
 
 
-def engines_for(strategy: str, settings: StrategySettings, models: ModelSettings) -> SolveContext:
+def problem_seed(seed: int, dataset: str, key: str) -> int:
+    """The base seed of one problem's solve: the run's seed mixed with the problem's identity, so
+    problems of one dataset draw independent random streams, and a re-run draws the same ones."""
+    digest = hashlib.sha256(repr((seed, dataset, key)).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def engines_for(
+    strategy: str, settings: StrategySettings, models: ModelSettings, seed: int | None = None
+) -> SolveContext:
     """Load only the engines the strategy uses. The reviser defaults to the testbed reviser when the
-    proposer is the testbed's, else to the proposer itself."""
+    proposer is the testbed's, else to the proposer itself. `seed` (default: the models' base seed)
+    seeds every sampling call of the solve."""
     proposer = load_proposer(models.proposer)
     verifier = load_verifier(models.verifier) if settings.needs_verifier else None
     reviser = None
@@ -79,8 +89,22 @@ def engines_for(strategy: str, settings: StrategySettings, models: ModelSettings
         verifier=verifier,
         reviser=reviser,
         prompt_format=prompt_format_of(proposer),
-        seed=models.seed,
+        seed=models.seed if seed is None else seed,
     )
+
+
+def masked_models(models: ModelSettings) -> dict[str, Any]:
+    """The model settings as stored and shown: credentials inside engine URIs are hidden."""
+    return {name: masked_uri(value) if isinstance(value, str) else value for name, value in models.model_dump().items()}
+
+
+def check_question(question: str) -> None:
+    """Refuse a question no engine should see: empty, or holding a NUL character (which PostgreSQL
+    cannot store)."""
+    if not question.strip():
+        raise ValueError("the question is empty")
+    if "\x00" in question:
+        raise ValueError("the question holds a NUL character (\\x00)")
 
 
 class Tee:
@@ -117,13 +141,15 @@ def solve_question(
     joins `run_id` when given, else the run called `run_name` (created if new), else a new unnamed
     run. `meta` describes the problem (stored with it once); `detail` this solve (its bin, its plan).
     """
+    check_question(question)
     chosen = registry.get(strategy)
     settings = chosen.configure(values)
-    context = engines_for(strategy, settings, models)
-    recorder = Recorder(connect(database))
-    config = {"strategy": strategy, "settings": settings.model_dump(), **models.model_dump()}
-    run_id = run_id or recorder.open_run(run_name, config)
     problem_key = key or question_key(question)
+    context = engines_for(strategy, settings, models, seed=problem_seed(models.seed, dataset, problem_key))
+    recorder = Recorder(connect(database))
+    config = {"strategy": strategy, "settings": settings.model_dump(), **masked_models(models)}
+    owns_run = run_id is None  # a run opened here is closed here; a flow's run is the flow's to close
+    run_id = run_id or recorder.open_run(run_name, config)
     problem_id = recorder.problem(dataset, problem_key, question, reference, dict(meta or {}))
     solve_id = recorder.start_solve(run_id, problem_id, strategy, settings.model_dump(), settings.budget)
     sink = DatabaseSink(
@@ -141,11 +167,13 @@ def solve_question(
             )
     except (SolveError, BudgetError) as error:
         recorder.fail_solve(solve_id, str(error))
+        if owns_run:
+            recorder.close_run(run_id, "partial")
         raise
     correct = is_correct(result.answer, reference)
     recorder.finish_solve(
         solve_id,
-        answer=result.answer,
+        answer=storable(result.answer),
         correct=correct,
         generations=result.spend.generations,
         tokens=result.spend.tokens,
@@ -153,6 +181,8 @@ def solve_question(
         seconds=result.seconds,
         detail={**(detail or {}), "votes": result.votes, "chosen": result.chosen, "spend": result.spend.as_dict()},
     )
+    if owns_run:
+        recorder.close_run(run_id, "done")
     return SolveOutcome(
         run_id=run_id,
         solve_id=solve_id,

@@ -47,16 +47,22 @@ class DatabaseSink:
         )
 
 
+def storable(text: str | None) -> str | None:
+    """Model output as stored: a NUL character (which PostgreSQL's text type cannot hold, and a
+    hostile or broken model can emit) becomes U+FFFD on every backend, so traces compare equal."""
+    return text.replace("\x00", "\ufffd") if text is not None else None
+
+
 def candidate_record(candidate: Candidate) -> CandidateRecord:
     return CandidateRecord(
         key=candidate.key,
         parent_key=candidate.parent,
         round=candidate.round,
         depth=candidate.depth,
-        text=candidate.text,
+        text=storable(candidate.text) or "",
         kind=candidate.kind,
         finished=candidate.finished,
-        answer=candidate.answer,
+        answer=storable(candidate.answer),
         chain=candidate.chain,
         logprob=candidate.logprob,
         tokens=candidate.tokens,

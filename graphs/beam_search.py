@@ -1,8 +1,12 @@
-"""Beam search against a PRM (lookahead 0), and lookahead search (k > 0), which shares it.
+"""Beam search against a PRM (lookahead 0), and lookahead search (k > 0), which shares it
+(Snell et al. 2024, §1).
 
 Round 1 samples N first steps. Each round the PRM scores the candidates (after a k-step greedy
 rollout, for lookahead), finished answers leave, the top N/M prefixes stay and each is expanded M
 times, until no beam is live or 40 rounds have run; then best-of-N weighted over the finished answers.
+
+Finished answers shrink the next round to N − finished lanes (the paper's N final candidates); with
+`refill` every round runs N lanes until N answers have finished, as search-and-learn does.
 """
 
 from __future__ import annotations
@@ -35,5 +39,11 @@ def build(settings: BeamSettings) -> StrategyGraph:
         )
     else:
         score = partial(verify, aggregation=settings.aggregation)
-    prune = partial(prune_beams, budget=settings.beams, beam_width=settings.beam_width, max_rounds=settings.max_rounds)
+    prune = partial(
+        prune_beams,
+        budget=settings.beams,
+        beam_width=settings.beam_width,
+        max_rounds=settings.max_rounds,
+        refill=settings.refill,
+    )
     return search_loop("lookahead" if settings.lookahead else "beam", expand=expand, verify=score, prune=prune)

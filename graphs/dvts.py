@@ -2,7 +2,8 @@
 
 Round 1 samples N first steps dealt into N/M subtrees of M. Each round every live subtree keeps
 its best candidate and expands it M times; a subtree ends when its best candidate has finished.
-Then best-of-N weighted over the subtrees' answers.
+Then best-of-N weighted over the subtrees' answers: each subtree's winner (`subtree_winners`), or
+every leaf of each subtree's last expansion, N in all (`all_leaves`, as search-and-learn does).
 """
 
 from __future__ import annotations
@@ -26,5 +27,10 @@ def build(settings: DVTSSettings) -> StrategyGraph:
         temperature=settings.temperature,
         subtrees=settings.beams // settings.beam_width,
     )
-    prune = partial(prune_subtrees, beam_width=settings.beam_width, max_rounds=settings.max_rounds)
+    prune = partial(
+        prune_subtrees,
+        beam_width=settings.beam_width,
+        max_rounds=settings.max_rounds,
+        final_vote=settings.final_vote,
+    )
     return search_loop("dvts", expand=expand, verify=partial(verify, aggregation=settings.aggregation), prune=prune)

@@ -1,5 +1,7 @@
 """Particle filtering: N partial solutions, resampled after every step in proportion to their PRM
-weights (score^(1/T)); finished particles are carried until all have finished or 40 rounds."""
+weights (score^(1/T)); finished particles are carried until all have finished or 40 rounds. Then
+best-of-N weighted over the final particles: each distinct one once (`unique`), or all N drawn with
+their copies (`multiplicity`, as its_hub does)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ def build(settings: ParticleFilteringSettings) -> StrategyGraph:
         budget=settings.budget,
         temperature=settings.resample_temperature,
         max_rounds=settings.max_rounds,
+        final_vote=settings.final_vote,
     )
     return search_loop(
         "particle_filtering",

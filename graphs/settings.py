@@ -1,7 +1,7 @@
 """Settings of each strategy: small pydantic models validated on construction.
 
-A bad value fails here with a message naming the field (a budget of 0, a beam width that does not
-divide the budget, a revision split whose product is not the budget).
+A bad value fails here with a message naming the field (a budget of 0 or above MAX_BUDGET, a beam
+width that does not divide the budget, a revision split whose product is not the budget).
 """
 
 from __future__ import annotations
@@ -12,6 +12,22 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ttc_nodes.scoring import Aggregation
+
+MAX_BUDGET = 4096
+"""The largest budget N a run may ask for. The paper sweeps N up to 256 (Snell et al. 2024, §1); 4096
+bounds the compute of one solve and fits the integer column the budget is stored in."""
+
+
+def _given_int(data: dict[str, Any], name: str, default: int) -> int | None:
+    """`data[name]` as an int for the before-validators, or None when it is not one (the field's
+    own validation then reports it, naming the field)."""
+    value = data.get(name, default)
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def default_beam_width(beams: int) -> int:
@@ -24,7 +40,7 @@ class StrategySettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    budget: int = Field(16, ge=1, description="generations N the strategy may spend")
+    budget: int = Field(16, ge=1, le=MAX_BUDGET, description="generations N the strategy may spend")
     temperature: float = Field(0.8, ge=0.0, description="sampling temperature of the proposer")
     max_answer_tokens: int = Field(512, ge=1, description="token limit of one full answer")
     max_step_tokens: int = Field(128, ge=1, description="token limit of one step in step-wise search")
@@ -50,7 +66,9 @@ class WeightedBestOfNSettings(BestOfNSettings):
     weighted: bool = Field(True, description="sum scores per answer (best-of-N weighted)")
 
 
-class BeamSettings(StrategySettings):
+class TreeSearchSettings(StrategySettings):
+    """What beam search, lookahead search and DVTS share: N beams expanded M ways per round."""
+
     beam_width: int | None = Field(None, ge=1, description="M: expansions per kept beam (default √N)")
     max_rounds: int = Field(40, ge=1, description="rounds of expansion before live beams are cut")
     lookahead: int = Field(0, ge=0, description="k: greedy rollout steps before scoring")
@@ -64,15 +82,18 @@ class BeamSettings(StrategySettings):
     @classmethod
     def _fill_beam_width(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("beam_width") is None:
-            budget = int(data.get("budget", cls.model_fields["budget"].default))
-            lookahead = int(data.get("lookahead", cls.model_fields["lookahead"].default))
+            budget = _given_int(data, "budget", cls.model_fields["budget"].default)
+            lookahead = _given_int(data, "lookahead", cls.model_fields["lookahead"].default)
+            if budget is None or lookahead is None or lookahead < 0:
+                return data
             beams = budget // (lookahead + 1)
-            if beams >= 1:
+            # Out-of-range budgets are left for the field to refuse (√N of a huge N takes long).
+            if 1 <= beams <= MAX_BUDGET:
                 data = {**data, "beam_width": default_beam_width(beams)}
         return data
 
     @model_validator(mode="after")
-    def _check_split(self) -> BeamSettings:
+    def _check_split(self) -> TreeSearchSettings:
         if self.budget % (self.lookahead + 1):
             raise ValueError(
                 f"budget N={self.budget} must be a multiple of lookahead+1={self.lookahead + 1} "
@@ -84,12 +105,27 @@ class BeamSettings(StrategySettings):
         return self
 
 
+class BeamSettings(TreeSearchSettings):
+    # The paper ends beam search "with N final answer candidates" (Snell et al. 2024, §1): shrinking
+    # keeps exactly that, so it is the default; refill is how search-and-learn runs it.
+    refill: bool = Field(
+        False,
+        description="keep N lanes busy after beams finish (search-and-learn) instead of shrinking to N − finished",
+    )
+
+
 class LookaheadSettings(BeamSettings):
     lookahead: int = Field(1, ge=1, description="k: greedy rollout steps before scoring")
 
 
-class DVTSSettings(BeamSettings):
+class DVTSSettings(TreeSearchSettings):
     """DVTS: N/M independent subtrees, each expanded M ways and kept greedily by PRM score."""
+
+    final_vote: Literal["subtree_winners", "all_leaves"] = Field(
+        "subtree_winners",
+        description="vote over each subtree's final answer, or over all M leaves of each subtree's last "
+        "expansion (search-and-learn)",
+    )
 
 
 class RevisionSettings(StrategySettings):
@@ -104,10 +140,12 @@ class RevisionSettings(StrategySettings):
     def _fill_split(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        budget = int(data.get("budget", cls.model_fields["budget"].default))
+        budget = _given_int(data, "budget", cls.model_fields["budget"].default)
+        if budget is None:
+            return data
         chains, length = data.get("chains"), data.get("chain_length")
         if chains is None and length is None:
-            # At equal budget, sequential revisions slightly beat parallel sampling (PAPER.md §2).
+            # At equal budget, sequential revisions slightly beat parallel sampling (Snell et al. 2024, §2).
             length = min(budget, 4)
         if chains is None and length:
             chains = max(1, budget // int(length))
@@ -140,3 +178,9 @@ class ParticleFilteringSettings(StrategySettings):
         1.0, gt=0.0, description="temperature of the resampling weights (score^(1/T)); higher keeps diversity"
     )
     max_rounds: int = Field(40, ge=1, description="rounds of extension before live particles are cut")
+    # Resampling already draws particles in proportion to their PRM weight; counting copies in the
+    # weighted vote would weigh each answer by its score twice, so by default each particle votes once.
+    final_vote: Literal["unique", "multiplicity"] = Field(
+        "unique",
+        description="weighted vote over the distinct final particles, or over all N with their copies (its_hub)",
+    )

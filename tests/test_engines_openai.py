@@ -9,10 +9,12 @@ text, omit logprobs, not list its models. It counts requests and the most it had
 
 from __future__ import annotations
 
+import base64
 import logging
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ import uvicorn
 from fastapi import Body, FastAPI
 from fastapi.responses import JSONResponse
 
-from ttc_nodes.engines import Completion, EngineError, TransientEngineError, load_proposer
+from ttc_nodes.engines import Completion, EngineError, TransientEngineError, load_proposer, masked_uri
 from ttc_nodes.engines.hf import HFProposer
 from ttc_nodes.engines.openai import OpenAIProposer, parse_location
 
@@ -471,3 +473,122 @@ def test_bad_openai_uris_are_rejected_with_a_message_naming_the_problem(uri: str
 def test_openai_is_a_known_proposer_scheme() -> None:
     with pytest.raises(ValueError, match=r"'nope'.*known schemes: gguf, hf, openai, testbed"):
         load_proposer("nope:x")
+
+
+# --- credentials in the URL ---------------------------------------------------------------------------
+
+SECRET = "SECRETKEY123"
+
+
+def with_credentials(server_url: str) -> str:
+    return server_url.replace("http://", f"http://user:{SECRET}@")
+
+
+def dead_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+
+
+def failures_with_a_planted_key(serve: Any) -> Iterator[tuple[str, BaseException, str]]:
+    """(what went wrong, the exception it raised, the engine's .uri) for every way a server fails."""
+    with pytest.raises(EngineError) as refused:
+        load_proposer(f"openai:{with_credentials(dead_url())}#{MODEL}?timeout=1")
+    yield "refused at load", refused.value, ""
+
+    cases = {
+        "5xx past the retries": Behaviour(fail_first=1000),
+        "hangs past the timeout": Behaviour(hang=1.0),
+        "ignores n": Behaviour(ignore_n=True),  # only warns
+        "rejects the request": Behaviour(),
+        "killed mid-run": Behaviour(),
+    }
+    for what, behaviour in cases.items():
+        server = serve(behaviour)
+        uri = f"openai:{with_credentials(server.url)}#{MODEL}?retries=1&backoff=0.01&timeout=0.5&batch=1"
+        proposer = load_proposer(uri)  # no ?params=, so it warns naming itself
+        assert isinstance(proposer, OpenAIProposer)
+        if what == "killed mid-run":
+            server.stop()
+        max_tokens = CONTEXT + 1 if what == "rejects the request" else 2
+        try:
+            proposer.generate(PROMPTS[:2], 2, max_tokens=max_tokens, temperature=1.0)
+        except EngineError as error:
+            yield what, error, proposer.uri
+        else:
+            yield what, RuntimeError("no error"), proposer.uri
+        finally:
+            proposer.close()
+
+
+def test_a_key_in_the_url_appears_in_no_message_log_warning_or_uri(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        failures = list(failures_with_a_planted_key(serve))
+
+    assert [what for what, _, _ in failures] == [
+        "refused at load",
+        "5xx past the retries",
+        "hangs past the timeout",
+        "ignores n",
+        "rejects the request",
+        "killed mid-run",
+    ]
+    for what, error, uri in failures:
+        chain = [error, error.__cause__, error.__context__]
+        assert not any(SECRET in str(part) for part in chain if part is not None), what
+        assert SECRET not in uri, what
+        assert not uri or uri.startswith("openai:http://user:***@127.0.0.1:"), what
+    kinds = {what: type(error) for what, error, _ in failures}
+    assert kinds["5xx past the retries"] is kinds["hangs past the timeout"] is TransientEngineError
+    assert kinds["killed mid-run"] is TransientEngineError and kinds["rejects the request"] is EngineError
+    assert "no ?params= given" in caplog.text and "ignores n > 1" in caplog.text
+    assert "HTTP Request" in caplog.text  # httpx's own log lines are among those checked
+    assert SECRET not in caplog.text
+    assert not any(SECRET in record.getMessage() for record in caplog.records)
+    assert not any(SECRET in str(warning.message) for warning in warned)
+
+
+def test_credentials_in_the_url_still_reach_the_server_as_basic_auth(serve: Any, connect: Any) -> None:
+    seen: list[str] = []
+    server = serve()
+    proposer = OpenAIProposer([with_credentials(server.url)], MODEL, params=1, retries=0)
+    original = proposer._client.send
+
+    def spy(request: Any, **kwargs: Any) -> Any:
+        seen.append(request.headers.get("authorization", ""))
+        assert SECRET not in str(request.url)
+        return original(request, **kwargs)
+
+    proposer._client.send = spy  # type: ignore[method-assign]
+    try:
+        proposer.generate(PROMPTS[:1], 1, max_tokens=2, temperature=0.0)
+    finally:
+        proposer.close()
+
+    expected = "Basic " + base64.b64encode(f"user:{SECRET}".encode()).decode()
+    assert seen == [expected]
+    assert proposer.base_urls == [server.url]
+
+
+@pytest.mark.parametrize(
+    ("uri", "masked"),
+    [
+        ("openai:http://u:KEY@h:8000/v1#m?params=1", "openai:http://u:***@h:8000/v1#m?params=1"),
+        ("openai:http://a:K1@h1/v1,https://b:K2@h2/v1#org/m", "openai:http://a:***@h1/v1,https://b:***@h2/v1#org/m"),
+        ("judge:openai:http://TOKEN@h/v1#m?judge_max_tokens=4", "judge:openai:http://***@h/v1#m?judge_max_tokens=4"),
+        ("openai:http://u:p@ss@h/v1#m", "openai:http://u:***@h/v1#m"),
+        (
+            "openai:http://h/v1#m?api_key=K&token=T&key=K2&params=1",
+            "openai:http://h/v1#m?api_key=***&token=***&key=***&params=1",
+        ),
+        ("hf:/models/x?device=cpu", "hf:/models/x?device=cpu"),
+        ("testbed:proposer", "testbed:proposer"),
+        ("openai:http://127.0.0.1:8000/v1#m", "openai:http://127.0.0.1:8000/v1#m"),
+    ],
+)
+def test_masked_uri_hides_passwords_keys_and_tokens_and_nothing_else(uri: str, masked: str) -> None:
+    assert masked_uri(uri) == masked
+    assert masked_uri(masked) == masked

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from ttc_nodes.engines import Completion, EngineError, load_proposer, load_verifier
+from ttc_nodes.engines import Completion, EngineError, PromptTooLong, load_proposer, load_verifier
 from ttc_nodes.engines.hf import HFProposer, HFValueHeadPRM
 from ttc_nodes.engines.judge import JudgePRM, parse_rating
 from ttc_nodes.engines.prm import NEUTRAL, ChatJudgePRM, StepTagPRM
@@ -226,9 +226,9 @@ def test_long_inputs_keep_the_first_token_and_the_steps_and_are_flagged(
     full = load_verifier(f"hf:{path}?format={layout}&device=cpu")
     short = load_verifier(f"hf:{path}?format={layout}&device=cpu&max_length=40")
     assert isinstance(full, StepTagPRM | ChatJudgePRM) and isinstance(short, StepTagPRM | ChatJudgePRM)
-    long_question = "Sum the numbers 1, 2, 3, 4, 5, 6, 7, 8 and 9 ? " + QUESTION
+    long_question = "Sum 1, 2, 3 and 4 ? " + QUESTION
     ids, positions = full.encode(long_question, LONG)
-    assert len(ids) > 40
+    assert len(full.tokenizer(long_question, add_special_tokens=False)["input_ids"]) < 40 < len(ids)
 
     with caplog.at_level(logging.WARNING, logger="ttc_nodes.engines.prm"):
         [scored] = short.score(long_question, [LONG])
@@ -251,6 +251,23 @@ def test_long_inputs_keep_the_first_token_and_the_steps_and_are_flagged(
     assert scored.step_scores == pytest.approx(expected, abs=1e-5)
     assert not small.truncated
     assert f"PRM input of {len(ids)} tokens truncated to 40" in caplog.text
+
+
+@pytest.mark.parametrize("layout", ["step_tag", "chat_judge"])
+def test_a_question_that_alone_fills_the_context_is_refused_naming_its_tokens(
+    layout: str, tag_lm: Path, chat_lm: Path
+) -> None:
+    path = chat_lm if layout == "chat_judge" else tag_lm
+    short = load_verifier(f"hf:{path}?format={layout}&device=cpu&max_length=40")
+    question = "Sum the numbers 1, 2, 3, 4, 5, 6, 7, 8 and 9 ? " + QUESTION  # 61 tokens
+
+    with pytest.raises(PromptTooLong) as refused:
+        short.score(question, [LONG])
+
+    assert str(refused.value) == (
+        f"{short.uri}: a question of 61 tokens does not fit the engine's context of 40 tokens"
+    )
+    assert (refused.value.tokens, refused.value.context) == (61, 40)
 
 
 # --- chosen by URI -------------------------------------------------------------------------------------

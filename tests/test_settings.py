@@ -1,8 +1,18 @@
+import time
+
 import pytest
 
 from graphs import registry
 from graphs.registry import SettingsError, UnknownStrategy
-from graphs.settings import BeamSettings, LookaheadSettings, RevisionSettings, default_beam_width
+from graphs.settings import (
+    MAX_BUDGET,
+    BeamSettings,
+    DVTSSettings,
+    LookaheadSettings,
+    ParticleFilteringSettings,
+    RevisionSettings,
+    default_beam_width,
+)
 
 
 def configure(name: str, **values):
@@ -13,6 +23,54 @@ def configure(name: str, **values):
 def test_budget_below_one_is_rejected_naming_the_field(name):
     with pytest.raises(SettingsError, match="budget"):
         configure(name, budget=0)
+
+
+@pytest.mark.parametrize("name", registry.names())
+@pytest.mark.parametrize("budget", [MAX_BUDGET + 1, 10**12, 10**18])
+def test_budget_above_the_maximum_is_refused_naming_the_field_and_quickly(name, budget):
+    begun = time.perf_counter()
+    with pytest.raises(SettingsError, match=rf"budget: .*less than or equal to {MAX_BUDGET}"):
+        configure(name, budget=budget)
+    assert time.perf_counter() - begun < 1.0
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_the_maximum_budget_itself_is_accepted(name):
+    assert configure(name, budget=MAX_BUDGET).budget == MAX_BUDGET == 4096
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_a_budget_that_is_not_a_number_is_refused_naming_the_field(name):
+    with pytest.raises(SettingsError, match=r"budget: "):
+        configure(name, budget="lots")
+
+
+def test_the_comparison_choices_default_to_the_current_behaviour():
+    assert (BeamSettings().refill, LookaheadSettings().refill) == (False, False)
+    assert DVTSSettings().final_vote == "subtree_winners"
+    assert ParticleFilteringSettings().final_vote == "unique"
+    assert configure("beam", refill="true").refill is True  # --set refill=true arrives as JSON or text
+    assert configure("lookahead", budget=16, refill=True).refill is True
+    assert configure("dvts", final_vote="all_leaves").final_vote == "all_leaves"
+    assert configure("particle_filtering", final_vote="multiplicity").final_vote == "multiplicity"
+
+
+@pytest.mark.parametrize(
+    ("name", "values", "field"),
+    [
+        ("beam", {"refill": "sometimes"}, "refill"),
+        ("lookahead", {"budget": 16, "refill": 3}, "refill"),
+        ("dvts", {"final_vote": "everyone"}, "final_vote"),
+        ("dvts", {"final_vote": "multiplicity"}, "final_vote"),
+        ("dvts", {"refill": True}, "refill"),
+        ("particle_filtering", {"final_vote": "all_leaves"}, "final_vote"),
+        ("particle_filtering", {"refill": True}, "refill"),
+        ("best_of_n", {"final_vote": "unique"}, "final_vote"),
+    ],
+)
+def test_bad_comparison_choices_are_refused_naming_the_field(name, values, field):
+    with pytest.raises(SettingsError, match=rf"{field}: "):
+        configure(name, **values)
 
 
 def test_unknown_strategy_lists_the_known_ones():

@@ -6,15 +6,22 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 import pytest
+from hypothesis import HealthCheck, assume, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from db import queries
 from db.session import connect
 from flows.config import ModelSettings
 from flows.solving import solve_question
 from graphs import registry
+from graphs.registry import SettingsError
+from graphs.runner import run_graph
+from tests.scripted import ScriptedProposer, ScriptedVerifier
 from ttc_nodes.answers import group_answers, same_answer
 from ttc_nodes.engines import load_proposer
 from ttc_nodes.prompts import DEFAULT_FORMAT
+from ttc_nodes.state import SolveContext
 
 SMALL = {
     "majority": {"budget": 4, "max_answer_tokens": 24},
@@ -210,3 +217,211 @@ def test_a_failing_node_is_traced_and_earlier_steps_are_kept(models, database_ur
     assert trace.status == "failed" and "PRM exploded" in (trace.error or "")
     assert next(s.node for s in trace.steps) == "expand" and len(trace.candidates) == 8
     assert [f.node for f in failed] == ["verify"]
+
+
+# The three choices users compare with the open reproductions (refill, final votes): properties on
+# scripted engines, where thousands of searches run in seconds, then each end to end through the database.
+
+
+class Recorded:
+    """A trace sink keeping every step event and the latest version of every candidate."""
+
+    def __init__(self) -> None:
+        self.events: list = []
+        self.candidates: dict = {}
+
+    def step(self, event) -> None:
+        self.events.append(event)
+        for candidate in [*event.new, *event.scored]:
+            self.candidates[candidate.key] = candidate
+
+    def expanded(self) -> dict[int, list]:
+        """Step candidates by the round that sampled them (latest, scored versions)."""
+        rounds: dict[int, list] = defaultdict(list)
+        for event in self.events:
+            if event.node == "expand":
+                for c in event.new:
+                    rounds[c.round].append(self.candidates[c.key])
+        return rounds
+
+
+def run_scripted(name: str, values: dict, finish_rate: float, seed: int):
+    settings = registry.get(name).configure(values)
+    proposer = ScriptedProposer(finish_rate=finish_rate)
+    context = SolveContext(proposer=proposer, verifier=ScriptedVerifier(), seed=seed)
+    sink = Recorded()
+    return settings, run_graph(registry.compile_graph(name, settings), "q?", context, sink), sink, proposer
+
+
+def weighted_totals(voters) -> dict[str, float]:
+    """Brute-force best-of-N weighted: the scripted answers are canonical, so equal strings group."""
+    totals: dict[str, float] = defaultdict(float)
+    for voter in voters:
+        if voter.answer is not None:
+            totals[voter.answer] += voter.score
+    return dict(totals)
+
+
+def assert_wins(result, totals: dict[str, float]) -> None:
+    assert result.votes == pytest.approx(totals)
+    if totals:
+        assert totals[result.answer] == pytest.approx(max(totals.values()))
+    else:
+        assert result.answer is None
+
+
+@hypothesis_settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from([("beam", 8, 2, 0), ("beam", 16, 4, 0), ("beam", 16, 2, 0), ("lookahead", 16, 2, 1)]),
+    st.floats(0.05, 0.9),
+    st.integers(0, 10_000),
+    st.integers(1, 12),
+)
+def test_refill_keeps_n_live_lanes_each_round_while_prefixes_remain_and_never_exceeds_the_budget(
+    shape, finish_rate, seed, max_rounds
+):
+    name, budget, width, k = shape
+    values = {"budget": budget, "beam_width": width, "max_rounds": max_rounds, "refill": True}
+    settings, result, sink, proposer = run_scripted(name, {**values, "lookahead": k}, finish_rate, seed)
+    n = settings.beams
+    rounds = sink.expanded()
+    assert all(len(rounds[r]) == n for r in rounds)  # every round runs all N lanes
+    answers = 0
+    for r in sorted(rounds):
+        answers += sum(c.finished for c in rounds[r])
+        live = [c for c in rounds[r] if not c.finished]
+        if r < max(rounds):  # it went on only while answers were missing and prefixes were live
+            assert answers < n and live and r < max_rounds
+        else:
+            assert answers >= n or not live or r == max_rounds
+    assert len(result.state["finished"]) <= n  # the paper's N final answer candidates, at most
+    sampled = [len(prompts) * count for prompts, count, temperature in proposer.calls if temperature > 0]
+    assert max(sampled) == n
+    assert result.spend.generations == n * (k + 1) <= budget
+
+
+# Fixed-seed outcomes of the default (shrinking) beam search, DVTS and particle filtering, recorded
+# before refill and the final-vote choices were added: the defaults must keep them.
+DEFAULTS_BEFORE = [
+    (
+        "beam",
+        {"budget": 16, "beam_width": 4},
+        0.3,
+        5,
+        "1",
+        "4.2",
+        1383,
+        [16, 13, 8, 4, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1],
+    ),
+    ("beam", {"budget": 8, "beam_width": 2, "max_rounds": 6}, 0.2, 11, "2", "1.2", 675, [8, 6, 5, 5, 5, 5]),
+    ("lookahead", {"budget": 16, "beam_width": 2}, 0.3, 2, "2", "8.2", 1753, [8, 5, 4, 4, 4, 3, 3, 3, 2, 2, 1, 1]),
+    ("dvts", {"budget": 16, "beam_width": 4}, 0.3, 4, "3", "4.2", 914, [16, 12, 12, 8, 4]),
+    ("particle_filtering", {"budget": 8}, 0.3, 9, "3", "2.3", 250, [8, 6, 3]),
+]
+
+
+@pytest.mark.parametrize(("name", "values", "rate", "seed", "answer", "chosen", "tokens", "lanes"), DEFAULTS_BEFORE)
+def test_default_choices_keep_the_search_they_ran_before(name, values, rate, seed, answer, chosen, tokens, lanes):
+    settings, result, sink, _ = run_scripted(name, values, rate, seed)
+    rounds = sink.expanded()
+    assert [len(rounds[r]) for r in sorted(rounds)] == lanes
+    assert (result.answer, result.chosen, result.spend.tokens) == (answer, chosen, tokens)
+    assert result.spend.generations == settings.budget
+
+
+@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([(8, 2), (16, 4), (16, 2), (9, 3)]), st.floats(0.05, 0.9), st.integers(0, 10_000))
+def test_shrinking_beams_run_n_minus_finished_lanes(shape, finish_rate, seed):
+    budget, width = shape
+    _, result, sink, _ = run_scripted("beam", {"budget": budget, "beam_width": width}, finish_rate, seed)
+    rounds = sink.expanded()
+    finished = 0
+    for r in sorted(rounds):
+        assert len(rounds[r]) <= budget - finished
+        finished += sum(c.finished for c in rounds[r])
+    assert len(result.state["finished"]) <= budget and result.spend.generations == budget
+
+
+@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([4, 8, 16]), st.floats(0.05, 0.9), st.integers(0, 10_000), st.integers(1, 10))
+def test_particle_vote_by_multiplicity_equals_a_count_over_the_final_particles(budget, finish_rate, seed, max_rounds):
+    values = {"budget": budget, "max_rounds": max_rounds}
+    runs = {
+        vote: run_scripted("particle_filtering", {**values, "final_vote": vote}, finish_rate, seed)
+        for vote in ("unique", "multiplicity")
+    }
+    _, unique, sink, _ = runs["unique"]
+    _, counted, counted_sink, _ = runs["multiplicity"]
+    [last] = [e for e in sink.events if e.node == "resample"][-1:]
+    copies = Counter(last.detail["drawn"])
+    assert [e.detail for e in counted_sink.events if e.node == "resample"][-1]["drawn"] == last.detail["drawn"]
+    assert sum(copies.values()) == budget
+    particles = sink.candidates
+    assert_wins(counted, weighted_totals(particles[key] for key, count in copies.items() for _ in range(count)))
+    assert_wins(unique, weighted_totals(particles[key] for key in copies))
+    assert max(unique.spend.generations, counted.spend.generations) <= budget
+
+
+@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([(8, 2), (16, 4), (16, 2), (9, 3)]), st.floats(0.05, 0.9), st.integers(0, 10_000))
+def test_dvts_all_leaves_vote_equals_a_weighted_vote_over_every_leaf(shape, finish_rate, seed):
+    budget, width = shape
+    values = {"budget": budget, "beam_width": width, "max_rounds": 8}
+    _, winners, sink, _ = run_scripted("dvts", {**values, "final_vote": "subtree_winners"}, finish_rate, seed)
+    _, leaves, leaves_sink, _ = run_scripted("dvts", {**values, "final_vote": "all_leaves"}, finish_rate, seed)
+    assert sorted(leaves_sink.candidates) == sorted(sink.candidates)  # the vote does not steer the search
+    by_subtree: dict[int, list] = defaultdict(list)
+    for candidates in sink.expanded().values():
+        for c in candidates:
+            by_subtree[c.chain].append(c)
+    last_expansions = [
+        [c for c in members if c.round == max(m.round for m in members)] for members in by_subtree.values()
+    ]
+    assert len(by_subtree) == budget // width and all(len(leaf_set) == width for leaf_set in last_expansions)
+    assert_wins(leaves, weighted_totals(c for leaf_set in last_expansions for c in leaf_set))
+    assert_wins(winners, weighted_totals(max(leaf_set, key=lambda c: c.score) for leaf_set in last_expansions))
+    assert leaves.spend.generations == winners.spend.generations == budget
+
+
+CHOICES = [
+    ("beam", {"refill": False}),
+    ("beam", {"refill": True}),
+    ("lookahead", {"refill": False}),
+    ("lookahead", {"refill": True}),
+    ("dvts", {"final_vote": "subtree_winners"}),
+    ("dvts", {"final_vote": "all_leaves"}),
+    ("particle_filtering", {"final_vote": "unique"}),
+    ("particle_filtering", {"final_vote": "multiplicity"}),
+]
+
+
+@hypothesis_settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(CHOICES),
+    st.sampled_from([1, 2, 4, 8, 16, 32]),
+    st.sampled_from([1, 2, 4]),
+    st.floats(0.0, 1.0),
+    st.integers(0, 10_000),
+)
+def test_every_choice_spends_at_most_its_budget(choice, budget, width, finish_rate, seed):
+    name, chosen = choice
+    values = {"budget": budget, **chosen, "max_rounds": 10}
+    if name != "particle_filtering":
+        values["beam_width"] = width
+    try:
+        settings = registry.get(name).configure(values)
+    except SettingsError:
+        assume(False)
+    _, result, _, proposer = run_scripted(name, settings.model_dump(), finish_rate, seed)
+    sampled = [len(prompts) * count for prompts, count, temperature in proposer.calls if temperature > 0]
+    assert 0 < result.spend.generations <= budget
+    assert max(sampled) * (getattr(settings, "lookahead", 0) + 1) == result.spend.generations
+
+
+@pytest.mark.parametrize(("strategy", "chosen"), CHOICES[1::2])  # the choices that are not the default
+def test_each_choice_solves_within_budget_through_the_database(strategy, chosen, models, database_url):
+    outcome, trace, _, _ = solve(strategy, models, database_url, temperature=1.2, **chosen)
+    assert trace.status == "done" and trace.error is None
+    assert 0 < outcome.spend.generations <= SMALL[strategy]["budget"] == trace.budget
+    assert trace.generations == outcome.spend.generations and trace.answer == outcome.answer
+    assert trace.steps[-1].node == "select"

@@ -5,6 +5,9 @@ different `PromptFormat` is passed in the runtime context. Two opt-in extras for
 `few_shot` worked examples written ahead of the question in the same layout, and
 `PromptFormat.for_chat`, which wraps the layout in a model's chat template (`?chat=1` on an `hf:` or
 `gguf:` URI builds one from the model's own template).
+
+A question longer than `MAX_QUESTION_CHARS` is refused (`QuestionTooLong`) before it is written into
+any prompt, so an oversized input fails at once instead of being tokenised and read by a model.
 """
 
 from __future__ import annotations
@@ -14,6 +17,22 @@ from collections.abc import Callable, Sequence
 from pydantic import BaseModel, ConfigDict
 
 STEP_SEPARATOR = "\n\n"
+MAX_QUESTION_CHARS = 32_000
+"""The longest question any node or engine takes (MATH-500's longest is about 1,500 characters)."""
+
+
+class QuestionTooLong(ValueError):
+    """A question over `MAX_QUESTION_CHARS`."""
+
+
+def check_question_size(question: str) -> None:
+    """Refuse (QuestionTooLong) a question of more than MAX_QUESTION_CHARS characters."""
+    if len(question) > MAX_QUESTION_CHARS:
+        raise QuestionTooLong(
+            f"the question is {len(question):,} characters long; the most a prompt takes is "
+            f"{MAX_QUESTION_CHARS:,} (MAX_QUESTION_CHARS)"
+        )
+
 
 ChatRenderer = Callable[[list[dict[str, str]]], str]
 """Renders chat messages as the model's prompt text, ending with the assistant's turn opened
@@ -77,7 +96,9 @@ class PromptFormat(BaseModel):
         )
 
     def solution(self, question: str, steps: Sequence[str] = ()) -> str:
-        """Prompt for the next step of a solution whose earlier `steps` are given."""
+        """Prompt for the next step of a solution whose earlier `steps` are given (QuestionTooLong for
+        a question over MAX_QUESTION_CHARS)."""
+        check_question_size(question)
         examples = "".join(
             self.question_template.format(question=q) + "".join(s + self.step_separator for s in shown)
             for q, shown in self.few_shot
@@ -87,6 +108,7 @@ class PromptFormat(BaseModel):
 
     def revision(self, question: str, attempts: Sequence[str]) -> str:
         """Prompt for a revised answer given the most recent earlier attempts (at most 4 are shown)."""
+        check_question_size(question)
         shown = list(attempts)[-self.max_attempts_in_context :] if attempts else []
         body = "".join(self.attempt_template.format(index=i, answer=answer) for i, answer in enumerate(shown, 1))
         reminder = self.revision_reminder.format(question=question) if shown else ""

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from ttc_nodes.budget import Spend, verifier_spend
+from ttc_nodes.prompts import check_question_size
 from ttc_nodes.propose import call_spend, step_candidate
 from ttc_nodes.scoring import Aggregation, aggregate
 from ttc_nodes.state import Candidate, NodeRuntime, SolveState
@@ -25,7 +26,9 @@ def verify(
 def score_candidates(
     question: str, candidates: Sequence[Candidate], verifier: Any, aggregation: Aggregation
 ) -> tuple[list[Candidate], Spend]:
-    """The candidates with step scores and aggregated score filled in, and the verifier's spend."""
+    """The candidates with step scores and aggregated score filled in, and the verifier's spend.
+    A question over MAX_QUESTION_CHARS is refused (QuestionTooLong) before any verifier reads it."""
+    check_question_size(question)
     if not candidates:
         return [], Spend()
     results = verifier.score(question, [list(c.steps) for c in candidates])

@@ -19,6 +19,22 @@ class TransientEngineError(EngineError):
     """A failure worth retrying: a timeout, a dropped connection, a server error (5xx)."""
 
 
+class PromptTooLong(EngineError):
+    """A prompt (or a verifier's question) that leaves no room in the engine's context; refused before
+    any generation. Never retried: the same prompt is as long the next time."""
+
+    def __init__(self, engine: str, tokens: int, context: int, what: str = "a prompt") -> None:
+        super().__init__(f"{engine}: {what} of {tokens} tokens does not fit the engine's context of {context} tokens")
+        self.engine, self.tokens, self.context = engine, tokens, context
+
+
+def check_fits(engine: str, tokens: int, context: int | None, what: str = "a prompt") -> None:
+    """Raise PromptTooLong unless `tokens` leave at least one position of `context` (None: unknown,
+    so nothing is checked) to generate or score in."""
+    if context is not None and tokens >= context:
+        raise PromptTooLong(engine, tokens, context, what)
+
+
 @dataclass(frozen=True)
 class Completion:
     """One sampled continuation of one prompt.

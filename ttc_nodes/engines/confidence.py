@@ -21,6 +21,7 @@ import torch
 
 from ttc_nodes.engines.base import Scored
 from ttc_nodes.engines.hf import LocalVerifier, prm_inputs, right_pad
+from ttc_nodes.engines.uris import masked_uri
 from ttc_nodes.prompts import DEFAULT_FORMAT, PromptFormat
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class ConfidencePRM(LocalVerifier):
             max_batch=max_batch,
             max_length=max_length,
         )
-        self.uri = uri or f"hf:{location}?format=confidence"
+        self.uri = masked_uri(uri) if uri else f"hf:{location}?format=confidence"
         self.prompt_format = prompt_format
         self._separator = len(self.tokenizer(prompt_format.step_separator, add_special_tokens=False)["input_ids"])
 

@@ -1,7 +1,10 @@
 """Transformers backends: a batched sampling proposer and a value-head process reward model.
 
 Both load any local `save_pretrained` directory (or a GGUF file through `gguf_file=`), run on CPU or
-GPU, and never touch the network (`local_files_only=True`).
+GPU, and never touch the network (`local_files_only=True`). The context is the model config's
+`max_position_embeddings` (a GGUF file's context length): a prompt that fills it is refused with
+`PromptTooLong` before anything is generated, and a completion stops where the context ends
+(finish_reason "length"), as vLLM stops it.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from typing import Any, Literal
 
 import torch
 
-from ttc_nodes.engines.base import Completion, EngineError, Scored
-from ttc_nodes.prompts import DEFAULT_FORMAT, PromptFormat
+from ttc_nodes.engines.base import Completion, EngineError, Scored, check_fits
+from ttc_nodes.engines.uris import masked_uri
+from ttc_nodes.prompts import DEFAULT_FORMAT, PromptFormat, check_question_size
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,16 @@ def parameter_count(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def model_context(model: Any) -> int | None:
+    """The positions a model reads (its config's `max_position_embeddings`), or None when its config
+    does not say."""
+    config = model.config
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is None and hasattr(config, "get_text_config"):
+        positions = getattr(config.get_text_config(), "max_position_embeddings", None)
+    return int(positions) if isinstance(positions, int) and positions > 0 else None
+
+
 class HFProposer:
     """Samples with `model.generate`, every prompt × n sample of a call in as few batches as fit."""
 
@@ -102,7 +116,7 @@ class HFProposer:
         from transformers import AutoModelForCausalLM
 
         location = _check_path(path)
-        self.uri = uri or f"hf:{location}"
+        self.uri = masked_uri(uri) if uri else f"hf:{location}"
         self.device = pick_device(device)
         self.max_batch = _check_max_batch(max_batch)
         self.tokenizer, self.model = load_model(
@@ -110,6 +124,7 @@ class HFProposer:
         )
         self._lock = threading.Lock()
         self.parameters = parameter_count(self.model)
+        self.context = model_context(self.model)
 
     def generate(
         self,
@@ -123,6 +138,7 @@ class HFProposer:
     ) -> list[list[Completion]]:
         if n < 1 or max_tokens < 1:
             raise ValueError(f"n and max_tokens must be >= 1, got n={n}, max_tokens={max_tokens}")
+        self._check_prompts(prompts)
         # Greedy decoding cannot return several sequences per prompt, so samples are separate rows.
         rows = [prompt for prompt in prompts for _ in range(n)]
         completions: list[Completion] = []
@@ -136,6 +152,14 @@ class HFProposer:
                 completions.extend(self._generate_batch(chunk, max_tokens, temperature, stop))
         return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
 
+    def _check_prompts(self, prompts: Sequence[str]) -> None:
+        """PromptTooLong, before any generation, for a call whose longest prompt fills the context."""
+        if self.context is None or not prompts:
+            return
+        unique = list(dict.fromkeys(prompts))
+        encoded = self.tokenizer(unique, add_special_tokens=False)["input_ids"]
+        check_fits(self.uri, max(len(ids) for ids in encoded), self.context)
+
     @torch.inference_mode()
     def _generate_batch(
         self, prompts: list[str], max_tokens: int, temperature: float, stop: Sequence[str]
@@ -143,6 +167,8 @@ class HFProposer:
         self.tokenizer.padding_side = "left"
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         batch = batch.to(self.device)
+        if self.context is not None:  # generation stops where the context ends
+            max_tokens = min(max_tokens, self.context - batch["input_ids"].shape[1])
         sampling: dict[str, Any] = (
             {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
             if temperature > 0
@@ -307,10 +333,17 @@ class LocalVerifier:
         self.tokenizer, self.model = load_model(model_class, location, what, dtype=dtype, device=self.device)
         self._lock = threading.Lock()
         self.parameters = parameter_count(self.model)
-        self.max_length = max_length or int(getattr(self.model.config, "max_position_embeddings", 4096))
+        self.max_length = max_length or model_context(self.model) or 4096
         return location
 
     def score(self, question: str, solutions: Sequence[Sequence[str]]) -> list[Scored]:
+        """Step scores of each solution. A question over MAX_QUESTION_CHARS (QuestionTooLong), or
+        whose tokens alone fill the context (PromptTooLong), is refused before the model reads it;
+        a question that fits with steps that do not is cut to its tail (`Scored.truncated`)."""
+        check_question_size(question)
+        if solutions:
+            question_tokens = len(self.tokenizer(question, add_special_tokens=False)["input_ids"])
+            check_fits(self.uri, question_tokens, self.max_length, "a question")
         results: list[Scored] = []
         with self._lock:
             for start in range(0, len(solutions), self.max_batch):
@@ -345,7 +378,7 @@ class HFValueHeadPRM(LocalVerifier):
             dtype=dtype,
             max_batch=max_batch,
         )
-        self.uri = uri or f"hf-prm:{location}"
+        self.uri = masked_uri(uri) if uri else f"hf-prm:{location}"
         self.prompt_format = prompt_format
         if self.model.config.num_labels not in (1, 2):
             raise EngineError(f"PRM at {location} has num_labels={self.model.config.num_labels}; expected 1 or 2")
@@ -370,6 +403,6 @@ class HFValueHeadPRM(LocalVerifier):
         for row, (ids, positions) in enumerate(encoded):
             scores = [float(probabilities[row, p]) if p >= 0 else 0.5 for p in positions]
             if truncated[row]:
-                log.warning("PRM input of %d tokens truncated to %d", full_lengths[row], self.max_length)
+                log.warning("%s: PRM input of %d tokens truncated to %d", self.uri, full_lengths[row], self.max_length)
             results.append(Scored(step_scores=scores, tokens=len(ids), truncated=truncated[row]))
         return results

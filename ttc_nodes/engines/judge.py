@@ -16,6 +16,7 @@ import re
 from collections.abc import Sequence
 
 from ttc_nodes.engines.base import Proposer, Scored
+from ttc_nodes.engines.uris import masked_uri
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class JudgePRM:
         self.template = template
         self.max_tokens = max_tokens
         self.max_chars = max_chars
-        self.uri = uri or f"judge:{proposer.uri}"
+        self.uri = masked_uri(uri or f"judge:{proposer.uri}")
         self.parameters = proposer.parameters
         # A chat model gets the judge's prompt as its user turn (see PromptFormat.for_chat).
         prompt_format = getattr(proposer, "prompt_format", None)

@@ -6,7 +6,11 @@ most `batch` prompts (each asking for `n` samples), sent `concurrency` at a time
 that use the engine. A 5xx answer, a dropped connection or a timeout is retried with exponential
 backoff on the next URL, then raised as `TransientEngineError`; any other 4xx is an `EngineError`
 carrying the server's message. Servers that ignore `n > 1` are detected and sent repeated requests.
-An API key, when the server wants one, comes from the OPENAI_API_KEY environment variable (never the URI).
+An API key, when the server wants one, comes from the OPENAI_API_KEY environment variable. Credentials
+written into a URL (`http://user:KEY@host/v1`) are taken off it and sent as basic auth, so no message,
+log line (httpx's included) or `.uri` holds them (`.uri` is the URI through `masked_uri`). The model's
+context is the server's to know (`context` is None): a prompt past it comes back as the server's own
+refusal, an EngineError carrying its message.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
 from ttc_nodes.engines.base import Completion, EngineError, TransientEngineError
+from ttc_nodes.engines.uris import masked_uri
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +68,13 @@ class OpenAIProposer:
                 raise ValueError(f"openai engine option {name} must be >= {least}, got {value}")
         if timeout <= 0 or backoff < 0:
             raise ValueError(f"openai engine options need timeout > 0 and backoff >= 0, got {timeout}, {backoff}")
-        self.base_urls = [url.rstrip("/") for url in base_urls]
+        # Base URLs without their credentials (what messages and httpx's log name), each with its own.
+        split = [_without_credentials(url.rstrip("/")) for url in base_urls]
+        self.base_urls = [url for url, _ in split]
+        self._auth = dict(split)
         self.model = model
-        self.uri = uri or f"openai:{','.join(self.base_urls)}#{model}"
+        self.uri = masked_uri(uri or f"openai:{','.join(base_urls)}#{model}")
+        self.context: int | None = None
         self.retries = retries
         self.backoff = backoff
         self.batch = batch
@@ -187,7 +197,7 @@ class OpenAIProposer:
             url = self._take_url(avoid=tried[-1] if tried else None)
             tried.append(url)
             try:
-                response = self._client.post(f"{url}/completions", json=payload)
+                response = self._client.post(f"{url}/completions", json=payload, auth=self._auth[url])
             except httpx.TimeoutException as error:
                 problem = f"timed out ({type(error).__name__})"
                 continue
@@ -225,7 +235,7 @@ class OpenAIProposer:
         """Fail at load, not mid-run, when a server is down or does not serve the model."""
         for url in self.base_urls:
             try:
-                response = self._client.get(f"{url}/models")
+                response = self._client.get(f"{url}/models", auth=self._auth[url])
             except httpx.HTTPError as error:
                 raise EngineError(
                     f"cannot reach the OpenAI-compatible server at {url}: {type(error).__name__}: {error}"
@@ -238,6 +248,17 @@ class OpenAIProposer:
                 continue
             if served and self.model not in served:
                 raise EngineError(f"{url} does not serve model {self.model!r}; it serves: {', '.join(served)}")
+
+
+def _without_credentials(url: str) -> tuple[str, httpx.Auth]:
+    """`http://user:key@host/v1` → (`http://host/v1`, basic auth as user, key); a URL without
+    credentials → (url, no auth)."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url, httpx.Auth()
+    user, _, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=host)), httpx.BasicAuth(unquote(user), unquote(password))
 
 
 def _derive(seed: int | None, repeat: int, first: int) -> int | None:
@@ -324,10 +345,10 @@ def parse_location(location: str) -> tuple[list[str], str]:
     base_urls = [url.strip() for url in urls.split(",") if url.strip()]
     if not sep or not model or not base_urls:
         raise ValueError(
-            f"openai URI location {location!r} is not URL[,URL...]#MODEL "
+            f"openai URI location {masked_uri(location)!r} is not URL[,URL...]#MODEL "
             "(e.g. openai:http://127.0.0.1:8000/v1#Qwen/Qwen2.5-Math-1.5B-Instruct?concurrency=8)"
         )
     for url in base_urls:
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"openai base URL {url!r} must start with http:// or https://")
+            raise ValueError(f"openai base URL {masked_uri(url)!r} must start with http:// or https://")
     return base_urls, model

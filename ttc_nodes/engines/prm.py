@@ -10,7 +10,8 @@ Two layouts from the field, both read in one forward pass per solution (batched,
 
 Selected by URI, e.g. `hf:/path?format=step_tag&tag=ки&good=%2B&bad=-` or `hf:/path?format=chat_judge`.
 Long inputs keep the beginning-of-sequence token and the tail (the steps), drop the start of the
-question, and come back with `Scored.truncated=True`.
+question, and come back with `Scored.truncated=True`; a question whose tokens alone fill the context
+is refused (`PromptTooLong`, see `LocalVerifier.score`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from ttc_nodes.engines.base import EngineError, Scored
 from ttc_nodes.engines.hf import LocalVerifier, right_pad
+from ttc_nodes.engines.uris import masked_uri
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,7 @@ class CausalLMPRM(LocalVerifier):
             max_batch=max_batch,
             max_length=max_length,
         )
-        self.uri = uri or f"hf:{location}?format={self.format_name}"
+        self.uri = masked_uri(uri) if uri else f"hf:{location}?format={self.format_name}"
         if not self.tokenizer.is_fast:
             raise EngineError(f"PRM at {location} needs a fast tokenizer (character offsets locate its steps)")
         self.good_id = self._single_token(good, "good")

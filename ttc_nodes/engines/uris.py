@@ -17,7 +17,8 @@ Built-in schemes:
 Common options: `device`, `dtype`, `max_batch`; `chat=1` on an `hf:`/`gguf:` proposer wraps prompts in
 the model's chat template (`prompt_format_of(engine)` gives the layout to put in the solve context).
 Other backends register themselves with `register_scheme`. Engines are cached per URI, so a process
-loads each model once.
+loads each model once. Credentials in a URI (`openai:http://user:KEY@host/v1#m`, `?api_key=`) never
+reach a message or an engine's `.uri`: both go through `masked_uri`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +43,26 @@ _verifier_loaders: dict[str, Loader] = {}
 _cache: dict[tuple[str, str], Any] = {}
 _lock = threading.RLock()  # re-entrant: a `judge:` loader loads the proposer it wraps
 
+# `//userinfo@` of every URL in the text: the authority runs to the next `/`, `?` or `#`, and its last
+# `@` ends the userinfo (so an unescaped `@` in a password is hidden too).
+_USERINFO = re.compile(r"//([^/?#@\s]*(?:@[^/?#@\s]*)*)@")
+SECRET_OPTIONS = ("api_key", "apikey", "key", "token", "access_token", "password", "secret")
+_SECRET_OPTION = re.compile(rf"([?&](?:{'|'.join(SECRET_OPTIONS)})=)[^&#\s]*", re.IGNORECASE)
+
+
+def masked_uri(uri: str) -> str:
+    """`uri` (any engine URI, a base URL, or a message holding them) with its credentials shown as
+    `***`: the password of every `user:password@` (a lone `key@` whole), and the value of the
+    query options in `SECRET_OPTIONS`. A URI without credentials comes back unchanged; masking
+    twice changes nothing more. Fit for messages, logs and what is stored (as `db.session.masked`
+    is for database URLs)."""
+
+    def hide(match: re.Match[str]) -> str:
+        user, colon, _ = match.group(1).partition(":")
+        return f"//{user}:***@" if colon else "//***@"
+
+    return _SECRET_OPTION.sub(r"\1***", _USERINFO.sub(hide, uri))
+
 
 def register_scheme(scheme: str, *, proposer: Loader | None = None, verifier: Loader | None = None) -> None:
     """Teach `load_proposer` / `load_verifier` a new URI scheme. A loader gets (location, options, uri)."""
@@ -54,7 +76,7 @@ def parse_uri(uri: str) -> tuple[str, str, dict[str, str]]:
     """Split `scheme:location?k=v` into its parts; a bad URI raises a ValueError naming it."""
     scheme, sep, rest = uri.partition(":")
     if not sep or not scheme or not rest:
-        raise ValueError(f"model URI {uri!r} is not of the form scheme:location (e.g. hf:/path/to/model)")
+        raise ValueError(f"model URI {masked_uri(uri)!r} is not of the form scheme:location (e.g. hf:/path/to/model)")
     location, _, query = rest.partition("?")
     return scheme, location, dict(parse_qsl(query))
 
@@ -63,7 +85,7 @@ def _load(kind: str, loaders: dict[str, Loader], uri: str) -> Any:
     scheme, location, options = parse_uri(uri)
     if scheme not in loaders:
         known = ", ".join(sorted(loaders)) or "none"
-        raise ValueError(f"unknown {kind} scheme {scheme!r} in {uri!r}; known schemes: {known}")
+        raise ValueError(f"unknown {kind} scheme {scheme!r} in {masked_uri(uri)!r}; known schemes: {known}")
     with _lock:
         if (kind, uri) not in _cache:
             _cache[(kind, uri)] = loaders[scheme](location, options, uri)
@@ -109,7 +131,9 @@ def _hf_proposer(location: str, options: dict[str, str], uri: str, gguf_file: st
     engine = HFProposer(location, gguf_file=gguf_file, uri=uri, **own)
     if chat:
         if not getattr(engine.tokenizer, "chat_template", None):
-            raise EngineError(f"{uri}: chat=1 asks for the model's chat template, but its tokenizer has none")
+            raise EngineError(
+                f"{masked_uri(uri)}: chat=1 asks for the model's chat template, but its tokenizer has none"
+            )
         render = functools.partial(engine.tokenizer.apply_chat_template, tokenize=False, add_generation_prompt=True)
         engine.prompt_format = PromptFormat.for_chat(render)  # type: ignore[attr-defined]
     return engine
@@ -118,10 +142,12 @@ def _hf_proposer(location: str, options: dict[str, str], uri: str, gguf_file: st
 def _gguf_proposer(location: str, options: dict[str, str], uri: str) -> Any:
     file = Path(location).expanduser()
     if file.suffix != ".gguf":
-        raise EngineError(f"gguf URI must name a .gguf file, got {location!r}")
+        raise EngineError(f"gguf URI must name a .gguf file, got {masked_uri(location)!r}")
     missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
     if missing:
-        raise EngineError(f"{uri}: reading GGUF files through transformers needs: pip install {' '.join(missing)}")
+        raise EngineError(
+            f"{masked_uri(uri)}: reading GGUF files through transformers needs: pip install {' '.join(missing)}"
+        )
     return _hf_proposer(str(file.parent), options, uri, gguf_file=file.name)
 
 
@@ -139,7 +165,7 @@ def _hf_verifier(location: str, options: dict[str, str], uri: str) -> Any:
         return ConfidencePRM(location, uri=uri, **_typed_options(rest, {**_ENGINE_OPTIONS, "max_length": int}))
     if layout not in PRM_FORMATS:
         known = ", ".join(["value_head", "confidence", *PRM_FORMATS])
-        raise ValueError(f"unknown PRM format {layout!r} in {uri!r}; known formats: {known}")
+        raise ValueError(f"unknown PRM format {layout!r} in {masked_uri(uri)!r}; known formats: {known}")
     known_options: dict[str, Callable[[str], Any]] = {**_ENGINE_OPTIONS, "good": str, "bad": str, "max_length": int}
     if PRM_FORMATS[layout] is StepTagPRM:
         known_options["tag"] = str
@@ -164,7 +190,7 @@ def _openai_proposer(location: str, options: dict[str, str], uri: str) -> Any:
     from ttc_nodes.engines.openai import OpenAIProposer, parse_location
 
     if "#" in "".join(options.values()):
-        raise ValueError(f"{uri!r}: write the model before the options: openai:URL#MODEL?key=value")
+        raise ValueError(f"{masked_uri(uri)!r}: write the model before the options: openai:URL#MODEL?key=value")
     base_urls, model = parse_location(location)
     known: dict[str, Callable[[str], Any]] = {
         "concurrency": int,
@@ -202,7 +228,7 @@ def _vllm_verifier(location: str, options: dict[str, str], uri: str) -> Any:
     rest = dict(options)
     layout = rest.pop("format", None)
     if layout is not None and layout not in FORMATS:
-        raise ValueError(f"unknown PRM format {layout!r} in {uri!r}; known formats: {', '.join(FORMATS)}")
+        raise ValueError(f"unknown PRM format {layout!r} in {masked_uri(uri)!r}; known formats: {', '.join(FORMATS)}")
     own: dict[str, dict[str, Callable[[str], Any]]] = {
         "step_tag": {"tag": str, "good": str, "bad": str},
         "qwen_prm": {"system": str},

@@ -25,7 +25,8 @@ from math import prod
 from pathlib import Path
 from typing import Any, Literal
 
-from ttc_nodes.engines.base import Completion, EngineError
+from ttc_nodes.engines.base import Completion, EngineError, check_fits
+from ttc_nodes.engines.uris import masked_uri
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class VLLMProposer:
             enforce_eager=enforce_eager,
         )
         model = model_location(path)
-        self.uri = uri or f"vllm:{model}"
+        self.uri = masked_uri(uri) if uri else f"vllm:{model}"
         options.update(
             enable_prefix_caching=prefix_caching,
             seed=seed,
@@ -88,6 +89,7 @@ class VLLMProposer:
         )
         self.llm = load_llm(model, options)
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
+        self.context = self.max_model_len
         self.parameters = counted_parameters(model, self.uri)
         self._lock = threading.Lock()
         self._cache = PrefixCacheStats()
@@ -142,11 +144,7 @@ class VLLMProposer:
 
     def _encode(self, prompt: str) -> list[int]:
         ids = list(self.llm.get_tokenizer().encode(prompt, add_special_tokens=False))
-        if len(ids) >= self.max_model_len:
-            raise EngineError(
-                f"{self.uri}: a prompt of {len(ids)} tokens leaves no room to generate within "
-                f"max_model_len={self.max_model_len}"
-            )
+        check_fits(self.uri, len(ids), self.max_model_len)  # PromptTooLong
         return ids
 
     def _count_cache(self, outputs: Sequence[Any]) -> None:

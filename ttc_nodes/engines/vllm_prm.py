@@ -21,7 +21,8 @@ All formats pool with `tok_pooling_type="ALL"` and take raw logits (`use_activat
 the positions this module computed from its own tokenization; vLLM's STEP pooling would find tags by
 token id alone, which a tag inside a question or a step would shift. Inputs longer than the engine's
 `max_model_len` keep a leading beginning-of-sequence token and the tail (the steps), come back with
-`Scored.truncated=True`, and steps whose position was cut score 0.5 — as the transformers PRMs do.
+`Scored.truncated=True`, and steps whose position was cut score 0.5 — as the transformers PRMs do; a
+question whose tokens alone fill `max_model_len` is refused (`PromptTooLong`), as they refuse it.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ttc_nodes.engines.base import EngineError, Scored
+from ttc_nodes.engines.base import EngineError, Scored, check_fits
 from ttc_nodes.engines.hf import prm_inputs
 from ttc_nodes.engines.prm import NEUTRAL, keep_tail, single_token, step_tag_text, tokens_at
+from ttc_nodes.engines.uris import masked_uri
 from ttc_nodes.engines.vllm import counted_parameters, engine_options, load_llm, model_location
-from ttc_nodes.prompts import DEFAULT_FORMAT, PromptFormat
+from ttc_nodes.prompts import DEFAULT_FORMAT, PromptFormat, check_question_size
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +169,7 @@ class VLLMRewardPRM:
         from vllm.config import PoolerConfig
 
         model = model_location(path)
-        self.uri = uri or f"vllm:{model}"
+        self.uri = masked_uri(uri) if uri else f"vllm:{model}"
         self.format = pick_format(prm_format, read_checkpoint(model), model)
         # Raw per-token outputs; the positions to read are chosen here, not by vLLM's STEP pooling.
         options.update(runner="pooling", pooler_config=PoolerConfig(task="token_classify", tok_pooling_type="ALL"))
@@ -216,8 +218,12 @@ class VLLMRewardPRM:
     def score(self, question: str, solutions: Sequence[Sequence[str]]) -> list[Scored]:
         from vllm.pooling_params import PoolingParams
 
+        check_question_size(question)
         if not solutions:
             return []
+        check_fits(
+            self.uri, len(self.tokenizer.encode(question, add_special_tokens=False)), self.max_length, "a question"
+        )
         with self._lock:
             encoded = [self.encode(question, steps) for steps in solutions]
             fitted = [
