@@ -14,7 +14,7 @@ from typing import Any
 from db.recorder import Recorder
 from db.session import connect
 from flows.config import ModelSettings
-from flows.tracing import DatabaseSink, storable
+from flows.tracing import DatabaseSink, storable, storable_json
 from graphs import registry
 from graphs.runner import SolveError, StepEvent, TraceSink, run_graph
 from graphs.settings import StrategySettings
@@ -22,6 +22,7 @@ from ttc_nodes.answers import is_correct
 from ttc_nodes.budget import BudgetError, Spend
 from ttc_nodes.engines import load_proposer, load_verifier
 from ttc_nodes.engines.uris import masked_uri, prompt_format_of
+from ttc_nodes.prompts import check_question_size
 from ttc_nodes.state import SolveContext
 
 
@@ -99,12 +100,13 @@ def masked_models(models: ModelSettings) -> dict[str, Any]:
 
 
 def check_question(question: str) -> None:
-    """Refuse a question no engine should see: empty, or holding a NUL character (which PostgreSQL
-    cannot store)."""
+    """Refuse a question no engine should see: empty, holding a NUL character (which PostgreSQL
+    cannot store), or longer than MAX_QUESTION_CHARS."""
     if not question.strip():
         raise ValueError("the question is empty")
     if "\x00" in question:
         raise ValueError("the question holds a NUL character (\\x00)")
+    check_question_size(question)
 
 
 class Tee:
@@ -179,7 +181,9 @@ def solve_question(
         tokens=result.spend.tokens,
         flops=result.spend.flops,
         seconds=result.seconds,
-        detail={**(detail or {}), "votes": result.votes, "chosen": result.chosen, "spend": result.spend.as_dict()},
+        detail=storable_json(
+            {**(detail or {}), "votes": result.votes, "chosen": result.chosen, "spend": result.spend.as_dict()}
+        ),
     )
     if owns_run:
         recorder.close_run(run_id, "done")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from db.recorder import CandidateRecord, Recorder, ScoreRecord, StepRecord
 from graphs.runner import StepEvent
 from ttc_nodes.state import Candidate
@@ -28,8 +30,8 @@ class DatabaseSink:
                 generations=event.spend.generations,
                 tokens=event.spend.tokens,
                 flops=event.spend.flops,
-                detail=event.detail,
-                error=event.error,
+                detail=storable_json(event.detail),
+                error=storable(event.error),
                 candidates=[candidate_record(c) for c in event.new],
                 scores=[self.score_record(c) for c in event.scored],
             ),
@@ -51,6 +53,18 @@ def storable(text: str | None) -> str | None:
     """Model output as stored: a NUL character (which PostgreSQL's text type cannot hold, and a
     hostile or broken model can emit) becomes U+FFFD on every backend, so traces compare equal."""
     return text.replace("\x00", "\ufffd") if text is not None else None
+
+
+def storable_json(value: Any) -> Any:
+    """`value` (a step's or a solve's detail) with `storable` applied to every string in it, keys
+    included: PostgreSQL's JSON cannot hold a NUL either."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {storable_json(k): storable_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable_json(v) for v in value]
+    return value
 
 
 def candidate_record(candidate: Candidate) -> CandidateRecord:

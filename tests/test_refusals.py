@@ -53,12 +53,12 @@ def fixtures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fixtures]:
 
     files = {
         "empty": "",
-        "not_object": '{"question": "1+1?", "answer": "2"}\n[1, 2]\n',
-        "no_question": '{"problem": "1+1?", "answer": "2"}\n',
-        "blank_question": '{"question": "  ", "answer": "2"}\n',
-        "nul_question": '{"question": "1+\\u0000 1?", "answer": "2"}\n',
-        "not_json": '{"question": "1+1?", "answer": "2"\n',
-        "no_reference": '{"question": "1+1?"}\n' * 12,
+        "not_object": '{"problem": "1+1?", "answer": "2"}\n[1, 2]\n',
+        "no_question": '{"text": "1+1?", "answer": "2"}\n',
+        "blank_question": '{"problem": "  ", "answer": "2"}\n',
+        "nul_question": '{"problem": "1+\\u0000 1?", "answer": "2"}\n',
+        "not_json": '{"problem": "1+1?", "answer": "2"\n',
+        "no_reference": '{"problem": "1+1?"}\n' * 12,
     }
     paths = {name: str(folder / f"{name}.jsonl") for name in files}
     for name, text in files.items():
@@ -101,7 +101,7 @@ REFUSALS: dict[str, tuple[list[str], list[str]]] = {
     "negative budget": (["solve", QUESTION, "--budget", "-3", "--db", "{db}"], ["budget"]),
     "budget beyond the maximum": (["solve", QUESTION, "--budget", "1000000000000", "--db", "{db}"], ["budget"]),
     "budget beyond the integer column": (["solve", QUESTION, "--budget", "2147483648", "--db", "{db}"], ["budget"]),
-    "budget not a number": (["solve", QUESTION, "--budget", "lots", "--db", "{db}"], ["--budget", "lots"]),
+    "budget not a number": (["solve", QUESTION, "--budget", "lots", "--db", "{db}"], ["--budget", "integer"]),
     "seed not a number": (["solve", QUESTION, "--seed", "x", "--db", "{db}"], ["--seed"]),
     "unknown option": (["solve", QUESTION, "--colour", "red"], ["--colour"]),
     "assignment without =": (["solve", QUESTION, "--set", "foo", "--db", "{db}"], ["key=value"]),
@@ -172,8 +172,8 @@ REFUSALS: dict[str, tuple[list[str], list[str]]] = {
     "unknown dataset scheme": ([*E, *FAST, "--dataset", "warp:x"], ["warp"]),
     "missing dataset file": ([*E, *FAST, "--dataset", "jsonl:/no/such.jsonl"], ["/no/such.jsonl"]),
     "empty dataset file": ([*E, *FAST, "--dataset", "jsonl:{empty}"], ["empty"]),
-    "dataset line not an object": ([*E, *FAST, "--dataset", "jsonl:{not_object}"], ["line 2"]),
-    "dataset line not JSON": ([*E, *FAST, "--dataset", "jsonl:{not_json}"], ["line 1"]),
+    "dataset line not an object": ([*E, *FAST, "--dataset", "jsonl:{not_object}"], ["not_object.jsonl:2"]),
+    "dataset line not JSON": ([*E, *FAST, "--dataset", "jsonl:{not_json}"], ["not_json.jsonl:1"]),
     "dataset line without a question": ([*E, *FAST, "--dataset", "jsonl:{no_question}"], ["question"]),
     "dataset question blank": ([*E, *FAST, "--dataset", "jsonl:{blank_question}"], ["question"]),
     "dataset question with NUL": ([*E, *FAST, "--dataset", "jsonl:{nul_question}"], ["NUL"]),
