@@ -111,7 +111,7 @@ class Solve(Base):
     strategy: Mapped[str] = mapped_column(String)
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     budget: Mapped[int]
-    status: Mapped[str] = mapped_column(String(16), default="running")  # running | done | failed
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | done | failed | interrupted
     answer: Mapped[str | None] = mapped_column(Text)
     correct: Mapped[bool | None]
     generations: Mapped[float] = mapped_column(default=0.0)
@@ -122,6 +122,10 @@ class Solve(Base):
     finished_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)  # e.g. final vote table, bin
+    # The row is the claim: the worker ("host:pid:id") that solves it, and until when its lease holds
+    # unless renewed. A running solve whose lease has passed was abandoned, and another worker may take it.
+    worker: Mapped[str | None] = mapped_column(String)
+    lease_until: Mapped[datetime | None]
 
 
 class Step(Base):
