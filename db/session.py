@@ -65,7 +65,7 @@ def _secret(name: str) -> str:
     from prefect.blocks.system import Secret
 
     try:
-        value = Secret.load(name).get()
+        value = Secret.load(name).get()  # type: ignore[union-attr]  # sync outside an event loop
     except (ValueError, RuntimeError) as error:
         raise DatabaseError(f"--db secret:{name}: no Prefect Secret block {name!r} ({error})") from error
     return str(value)

@@ -34,8 +34,8 @@ from flows.plots import plot_policy
 from flows.policy import Plan, Policy, assign_bin, fit_policy, quantile_thresholds
 from flows.solving import engines_for, masked_models
 from graphs import registry
-from graphs.settings import MAX_BUDGET
 from graphs.registry import SettingsError
+from graphs.settings import MAX_BUDGET
 from ttc_nodes.answers import is_correct
 from ttc_nodes.select import VoteMethod, vote
 from ttc_nodes.state import Candidate
@@ -148,7 +148,9 @@ def prepare(
     for plan in grid.values():
         for n in budgets:
             if valid_at(plan, n):
-                engines_for(plan.strategy, registry.get(plan.strategy).configure({**plan.settings, "budget": n}), engines)
+                engines_for(
+                    plan.strategy, registry.get(plan.strategy).configure({**plan.settings, "budget": n}), engines
+                )
     problems = load_dataset(dataset, limit=limit, shard=shard, seed=seed, bad_lines=bad_lines, warn=warn)  # type: ignore[arg-type]
     if any(p.reference is None for p in problems):
         raise ValueError("calibration needs reference answers for every prompt")

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Annotated, Any, Literal, NoReturn
 
 import typer
-from typer._click import exceptions as click  # Typer vendors its own click; its usage errors are these
-from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
+from typer._click import exceptions as click  # Typer vendors its own click; its usage errors are these
+from typer.core import TyperGroup
 
 from db import queries
 from db.recorder import Recorder
@@ -36,15 +36,24 @@ from graphs.runner import SolveError, StepEvent
 from ttc_nodes.budget import BudgetError
 from ttc_nodes.engines import EngineError
 
+
 class OneLineErrors(TyperGroup):
     """A usage error (an unknown option, `--budget abc`) is one line and exit status 2, like every
     other refusal, instead of Typer's framed usage box."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         except click.NoArgsIsHelpError as error:
             error.show()
             sys.exit(error.exit_code)
@@ -323,8 +332,14 @@ def evaluate(
     settings = parse_assignments(assignments or [])
     models = models_from(proposer, verifier, reviser, seed).model_dump()
     database = secrets_to_environment(database, models)
-    plan = {"strategy": strategy, "budget": budget, "settings": settings, "policy": policy}
-    request = {**plan, "total_budget": total_budget, "limit": limit, "shard": shard, "seed": subset_seed}
+    plan: dict[str, Any] = {"strategy": strategy, "budget": budget, "settings": settings, "policy": policy}
+    request: dict[str, Any] = {
+        **plan,
+        "total_budget": total_budget,
+        "limit": limit,
+        "shard": shard,
+        "seed": subset_seed,
+    }
     bad_lines = "skip" if skip_bad_lines else "fail"
     with user_errors():
         # Everything a user can get wrong is refused here, in one line, before Prefect starts.

@@ -319,7 +319,9 @@ def prepare(
             raise ValueError(
                 f"policy {policy} was calibrated at budgets {calibrated}; --budget {budget} is not one of them"
             )
-        plans = [("best_of_n_weighted", registry.get("best_of_n_weighted").configure({"budget": loaded.difficulty_samples}))]
+        plans = [
+            ("best_of_n_weighted", registry.get("best_of_n_weighted").configure({"budget": loaded.difficulty_samples}))
+        ]
         plans += loaded.configured_plans()
     for name, configured in plans:
         engines_for(name, configured, engines)  # loads (and caches) every engine the plans use

@@ -282,7 +282,9 @@ class Policy(BaseModel):
         for label, budget in chosen:
             plan = self.plans[label]
             try:
-                configured.append((plan.strategy, registry.get(plan.strategy).configure({**plan.settings, "budget": budget})))
+                configured.append(
+                    (plan.strategy, registry.get(plan.strategy).configure({**plan.settings, "budget": budget}))
+                )
             except SettingsError as error:
                 raise SettingsError(f"policy plan {label!r} at budget {budget}: {error}") from error
         return configured

@@ -80,12 +80,12 @@ def start_prefect_server() -> None:
     def launch_tied() -> Any:
         import subprocess
 
-        popen = subprocess.Popen
+        popen: Any = subprocess.Popen
 
         def tied(*args: Any, **kwargs: Any) -> Any:
             return popen(*args, preexec_fn=_die_with_parent, **kwargs)
 
-        subprocess.Popen = tied  # type: ignore[misc]
+        subprocess.Popen = tied  # type: ignore[misc, assignment]
         try:
             return launch()
         finally:

@@ -34,7 +34,9 @@ class _Named:
 def test_model_output_with_a_nul_character_is_stored_not_fatal(database_url: str) -> None:
     models = ModelSettings(proposer="hostile:x")
 
-    outcome = solve_question("What is 2+2?", strategy="majority", values={"budget": 6}, models=models, database=database_url)
+    outcome = solve_question(
+        "What is 2+2?", strategy="majority", values={"budget": 6}, models=models, database=database_url
+    )
 
     with connect(database_url)() as session:
         solve = session.get(Solve, outcome.solve_id)
@@ -54,7 +56,9 @@ def test_each_problem_of_a_run_draws_its_own_seed_and_a_rerun_the_same() -> None
 def test_solve_closes_the_run_it_opened(database_url: str) -> None:
     models = ModelSettings(proposer="hostile:x")
 
-    outcome = solve_question("What is 3+3?", strategy="majority", values={"budget": 2}, models=models, database=database_url)
+    outcome = solve_question(
+        "What is 3+3?", strategy="majority", values={"budget": 2}, models=models, database=database_url
+    )
 
     with connect(database_url)() as session:
         assert session.scalar(select(Run.status).where(Run.id == outcome.run_id)) == "done"

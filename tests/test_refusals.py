@@ -120,7 +120,10 @@ REFUSALS: dict[str, tuple[list[str], list[str]]] = {
         ["solve", QUESTION, "--strategy", "revisions", "--budget", "8", "--set", "chains=3", "--db", "{db}"],
         ["chains"],
     ),
-    "zero max rounds": (["solve", QUESTION, "--strategy", "beam", "--set", "max_rounds=0", "--db", "{db}"], ["max_rounds"]),
+    "zero max rounds": (
+        ["solve", QUESTION, "--strategy", "beam", "--set", "max_rounds=0", "--db", "{db}"],
+        ["max_rounds"],
+    ),
     # ttc solve: engines
     "unknown engine scheme": (["solve", QUESTION, "--proposer", "warp:x", "--db", "{db}"], ["warp"]),
     "missing model directory": (["solve", QUESTION, "--proposer", "hf:/no/such/dir", "--db", "{db}"], ["/no/such/dir"]),
@@ -163,10 +166,16 @@ REFUSALS: dict[str, tuple[list[str], list[str]]] = {
     "policy not JSON": ([*E, *T, "--policy", "{policy_not_json}", "--budget", "4"], ["not JSON"]),
     "policy not a policy": ([*E, *T, "--policy", "{policy_invalid}", "--budget", "4"], ["budgets"]),
     "policy at an uncalibrated budget": ([*E, *T, "--policy", "{policy}", "--budget", "8"], ["4, 16", "8"]),
-    "policy with two budgets": ([*E, *T, "--policy", "{policy}", "--budget", "4", "--total-budget", "9"], ["exactly one"]),
+    "policy with two budgets": (
+        [*E, *T, "--policy", "{policy}", "--budget", "4", "--total-budget", "9"],
+        ["exactly one"],
+    ),
     "policy with neither budget": ([*E, *T, "--policy", "{policy}"], ["exactly one"]),
     "policy and a strategy": ([*E, *T, "--policy", "{policy}", "--budget", "4", "--strategy", "beam"], ["--strategy"]),
-    "policy plan a strategy refuses": ([*E, *T, "--policy", "{bad_width}", "--budget", "4"], ["beam M=4", "beam_width"]),
+    "policy plan a strategy refuses": (
+        [*E, *T, "--policy", "{bad_width}", "--budget", "4"],
+        ["beam M=4", "beam_width"],
+    ),
     "policy plan of an unknown strategy": ([*E, *T, "--policy", "{unknown_strategy}", "--budget", "4"], ["teleport"]),
     # ttc evaluate: datasets
     "unknown dataset scheme": ([*E, *FAST, "--dataset", "warp:x"], ["warp"]),

@@ -55,9 +55,10 @@ def test_a_planted_password_and_key_appear_nowhere(database_url: str, server: Li
     summary = tmp_path / "summary.json"
     common = ["--strategy", "majority", "--budget", "2", "--proposer", proposer, "--db", with_password]
 
+    dataset = ["--dataset", "testbed:arith?n=3&seed=4"]
+    outputs = ["--run-name", "planted", "--summary", str(summary), "--json"]
     evaluated = subprocess.run(
-        [TTC_SCRIPT, "evaluate", "--dataset", "testbed:arith?n=3&seed=4", *common, "--run-name", "planted"]
-        + ["--summary", str(summary), "--json"],
+        [TTC_SCRIPT, "evaluate", *dataset, *common, *outputs],
         env=environment,
         capture_output=True,
         text=True,

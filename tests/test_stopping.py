@@ -79,7 +79,9 @@ def test_a_stop_signal_ends_the_run_in_seconds_and_the_same_command_resumes_it(
     env = environment(tmp_path)
     process = start(command(database_url, run_name), env, tmp_path / "first.log")
     try:
-        assert wait_until(lambda: statuses(database_url, run_name)["done"] >= 1, 240), (tmp_path / "first.log").read_text()
+        assert wait_until(lambda: statuses(database_url, run_name)["done"] >= 1, 240), (
+            tmp_path / "first.log"
+        ).read_text()
         assert wait_until(lambda: statuses(database_url, run_name)["running"] >= 1, 60)
         process.send_signal(signum)
         sent = time.monotonic()
