@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from flows.datasets import DatasetError, Problem, dataset_name, load_dataset
+from flows.datasets import MAX_TESTBED_N, DatasetError, Problem, dataset_name, load_dataset
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(
@@ -332,3 +332,95 @@ def test_an_empty_shard_is_an_error(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "two.jsonl", [gsm8k_record(0), gsm8k_record(1)])
     with pytest.raises(DatasetError, match=r"shard 3/4 of 2 problem\(s\) is empty"):
         load_dataset(str(path), shard="3/4")
+
+
+# --- Testbed subsets are drawn lazily ------------------------------------------------------------
+
+
+def test_a_limit_draws_only_the_testbed_problems_it_keeps() -> None:
+    [first] = load_dataset("testbed:arith?n=100000000", limit=1)
+    [alone] = load_dataset("testbed:arith?n=1")
+    assert (first.key, first.question, first.reference) == (alone.key, alone.question, alone.reference)
+    assert first.dataset == "testbed:arith?n=100000000"
+    sharded = load_dataset("testbed:arith?n=100000000&seed=2", shard="3/1000", limit=2)
+    assert keys(sharded) == ["arith-s2-3", "arith-s2-1003"]
+
+
+@pytest.mark.parametrize(
+    ("seed", "shard", "limit"), [(None, None, 5), (None, "2/3", None), (None, "1/4", 3), (7, None, 4), (7, "1/3", 2)]
+)
+def test_a_testbed_subset_is_the_same_subset_of_the_whole(
+    seed: int | None, shard: str | None, limit: int | None
+) -> None:
+    whole = load_dataset("testbed:arith?n=40&seed=1")
+    positions = list(range(len(whole)))
+    if seed is not None:
+        import random
+
+        random.Random(seed).shuffle(positions)
+    if shard is not None:
+        index, count = (int(part) for part in shard.split("/"))
+        positions = positions[index::count]
+    expected = [whole[p] for p in positions][:limit]
+    assert load_dataset("testbed:arith?n=40&seed=1", seed=seed, shard=shard, limit=limit) == expected
+
+
+def test_testbed_draws_are_bounded_by_max_testbed_n() -> None:
+    assert len(load_dataset(f"testbed:arith?n={MAX_TESTBED_N + 1}", limit=3)) == 3
+    with pytest.raises(DatasetError, match=rf"would draw {MAX_TESTBED_N + 1:,} problems, over the {MAX_TESTBED_N:,}"):
+        load_dataset(f"testbed:arith?n={MAX_TESTBED_N + 1}")
+    with pytest.raises(DatasetError, match=rf"at most {MAX_TESTBED_N:,} \(MAX_TESTBED_N\) can be shuffled"):
+        load_dataset(f"testbed:arith?n={MAX_TESTBED_N + 1}", seed=1, limit=1)
+
+
+# --- Bad inputs: one line each, an error the CLI turns into exit status 2 ------------------------
+
+BAD_FILES: dict[str, str] = {
+    "empty.jsonl": "",
+    "not_object.jsonl": '{"question": "1+1?", "answer": "#### 2"}\n[1, 2]\n',
+    "no_question.jsonl": '{"question": "1+1?", "answer": "#### 2"}\n{"answer": "#### 2"}\n',
+    "empty_question.jsonl": '{"question": "1+1?", "answer": "#### 2"}\n{"question": "", "answer": "#### 2"}\n',
+    "nul_question.jsonl": '{"question": "1+1?", "answer": "#### 2"}\n{"question": "1+\\u00001?", "answer": "#### 2"}\n',
+    "huge_question.jsonl": json.dumps({"question": "1+" * 20_000 + "1", "answer": "#### 1"}) + "\n",
+}
+
+# name -> (spec, load_dataset options, words the message names)
+BAD_INPUTS: dict[str, tuple[str, dict[str, Any], list[str]]] = {
+    "unknown scheme": ("warp:x", {}, ["unknown dataset spec 'warp:x'", "accepted forms"]),
+    "missing file": ("jsonl:{dir}/absent.jsonl", {}, ["absent.jsonl: no such file"]),
+    "shard past its count": ("testbed:arith?n=4", {"shard": "3/2"}, ["'3/2'", "0 <= i < n"]),
+    "shard of zero": ("testbed:arith?n=4", {"shard": "0/0"}, ["'0/0'"]),
+    "shard not numbers": ("testbed:arith?n=4", {"shard": "a/b"}, ["'a/b'", "whole numbers"]),
+    "zero limit": ("testbed:arith?n=4", {"limit": 0}, ["limit must be at least 1, got 0"]),
+    "negative limit": ("testbed:arith?n=4", {"limit": -2}, ["limit must be at least 1, got -2"]),
+    "zero problems": ("testbed:arith?n=0", {}, ["n must be a whole number of problems, 1 or more; got '0'"]),
+    "negative problems": ("testbed:arith?n=-1", {}, ["got '-1'"]),
+    "problems not a number": ("testbed:arith?n=abc", {}, ["got 'abc'"]),
+    "too many problems": ("testbed:arith?n=1000000000", {}, ["n=1,000,000,000", "MAX_TESTBED_N"]),
+    "empty file": ("jsonl:{dir}/empty.jsonl", {}, ["empty.jsonl: the file is empty"]),
+    "a line not an object": ("jsonl:{dir}/not_object.jsonl", {}, ["not_object.jsonl:2: not a JSON object"]),
+    "a line without question": ("jsonl:{dir}/no_question.jsonl", {}, ["no_question.jsonl:2: missing field 'question'"]),
+    "an empty question": ("jsonl:{dir}/empty_question.jsonl", {}, ["empty_question.jsonl:2: empty field 'question'"]),
+    "a NUL in a question": (
+        "jsonl:{dir}/nul_question.jsonl",
+        {},
+        ["nul_question.jsonl:2: field 'question' holds a NUL"],
+    ),
+    "a question too long": ("jsonl:{dir}/huge_question.jsonl", {}, ["huge_question.jsonl:1:", "MAX_QUESTION_CHARS"]),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_each_bad_input_is_refused_in_one_line_naming_what_is_wrong(tmp_path: Path, name: str) -> None:
+    for file_name, text in BAD_FILES.items():
+        (tmp_path / file_name).write_text(text)
+    spec, options, words = BAD_INPUTS[name]
+
+    with pytest.raises(DatasetError) as refused:
+        load_dataset(spec.format(dir=tmp_path), **options)
+
+    message = str(refused.value)
+    assert isinstance(refused.value, ValueError)  # the CLI's user errors: exit status 2
+    assert "\n" not in message
+    for word in words:
+        assert word in message

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from ttc_nodes.engines import Completion, EngineError, load_proposer, load_verifier
+from ttc_nodes.engines import (
+    Completion,
+    EngineError,
+    PromptTooLong,
+    TransientEngineError,
+    load_proposer,
+    load_verifier,
+)
 from ttc_nodes.engines.hf import HFProposer, HFValueHeadPRM, prm_inputs
 from ttc_nodes.engines.uris import parse_uri
 from ttc_nodes.prompts import DEFAULT_FORMAT, PromptFormat
@@ -242,6 +249,50 @@ def test_prm_truncates_long_inputs_and_still_scores_every_step(
     assert not short.truncated and len(short.step_scores) == 1
     # The warning reports how long the input was, not its already-truncated length.
     assert f"PRM input of {full_length} tokens truncated to 32" in caplog.text
+
+
+def test_prm_refuses_a_question_that_alone_fills_its_context(short_context_prm: HFValueHeadPRM) -> None:
+    question = "1+2+" * 10 + "3?"  # 42 tokens, past the 32 positions
+
+    with pytest.raises(PromptTooLong, match=r": a question of 42 tokens does not fit the engine's context of 32"):
+        short_context_prm.score(question, [["2"]])
+
+
+@pytest.fixture(scope="module")
+def short_context_proposer(tiny_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> HFProposer:
+    """The tiny LM told it has 24 positions."""
+    directory = tmp_path_factory.mktemp("short-lm") / "model"
+    shutil.copytree(tiny_lm, directory)
+    config = json.loads((directory / "config.json").read_text())
+    config["max_position_embeddings"] = 24
+    (directory / "config.json").write_text(json.dumps(config))
+    return HFProposer(str(directory), device="cpu")
+
+
+def test_a_prompt_that_fills_the_context_is_refused_before_generating(short_context_proposer: HFProposer) -> None:
+    assert short_context_proposer.context == 24
+    prompts = ["1+2", "1+2+" * 6]  # 3 and 24 tokens
+
+    with pytest.raises(PromptTooLong) as refused:
+        short_context_proposer.generate(prompts, 2, max_tokens=4, temperature=1.0)
+
+    assert str(refused.value) == (
+        f"{short_context_proposer.uri}: a prompt of 24 tokens does not fit the engine's context of 24 tokens"
+    )
+    assert (refused.value.tokens, refused.value.context) == (24, 24)
+    assert not isinstance(refused.value, TransientEngineError)  # the same prompt is as long next time
+
+
+def test_a_completion_stops_where_the_context_ends(short_context_proposer: HFProposer) -> None:
+    [[near_the_end], [short]] = short_context_proposer.generate(
+        ["1+2+" * 5, "1"], 1, max_tokens=50, temperature=1.0, seed=0
+    )
+
+    # The batch is padded to the 20-token prompt: 4 positions are left for every row.
+    assert near_the_end.prompt_tokens + near_the_end.completion_tokens <= 24
+    assert short.completion_tokens <= 4
+    for completion in (near_the_end, short):
+        assert completion.finish_reason == "length" or completion.ended_sequence or completion.stop_reason
 
 
 def test_prm_inputs_positions_point_at_the_last_token_of_each_separator(prm: HFValueHeadPRM) -> None:

@@ -555,14 +555,15 @@ def test_credentials_in_the_url_still_reach_the_server_as_basic_auth(serve: Any,
     seen: list[str] = []
     server = serve()
     proposer = OpenAIProposer([with_credentials(server.url)], MODEL, params=1, retries=0)
-    original = proposer._client.send
+    transport = proposer._client._transport
+    original = transport.handle_request
 
-    def spy(request: Any, **kwargs: Any) -> Any:
+    def spy(request: Any) -> Any:  # what goes on the wire, after httpx applied the auth
         seen.append(request.headers.get("authorization", ""))
         assert SECRET not in str(request.url)
-        return original(request, **kwargs)
+        return original(request)
 
-    proposer._client.send = spy  # type: ignore[method-assign]
+    transport.handle_request = spy  # type: ignore[method-assign]
     try:
         proposer.generate(PROMPTS[:1], 1, max_tokens=2, temperature=0.0)
     finally:
