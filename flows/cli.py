@@ -343,8 +343,10 @@ def evaluate(
     bad_lines = "skip" if skip_bad_lines else "fail"
     with user_errors():
         # Everything a user can get wrong is refused here, in one line, before Prefect starts.
-        prepare(dataset, **request, models=models, bad_lines=bad_lines, warn=lambda *a: None)
-        connect(database)
+        checked = prepare(dataset, **request, models=models, bad_lines=bad_lines, warn=lambda *a: None)
+        sessions = connect(database)
+        if run_name is not None:
+            Recorder(sessions).check_run(run_name, checked.config)
     with user_errors(), stops_cleanly(interrupted(database)):
         start_prefect_server()
         result = evaluate_flow.with_options(task_runner=runner)(

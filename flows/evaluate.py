@@ -22,7 +22,7 @@ from prefect.states import State
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from db import queries
-from db.recorder import Recorder
+from db.recorder import Claimed, Recorder
 from db.session import connect
 from flows.config import ModelSettings
 from flows.datasets import Problem, load_dataset
@@ -92,20 +92,24 @@ def solve_prompt(
     run_id: str,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Solve one prompt with one plan; the difficulty estimate (if any) rides along in the meta."""
-    outcome = solve_question(
-        problem.question,
-        strategy=strategy,
-        values=values,
-        models=models,
-        database=database,
-        run_id=run_id,
-        reference=problem.reference,
-        dataset=problem.dataset,
-        key=problem.key,
-        meta=problem.meta,
-        detail=extra,
-    )
+    """Solve one prompt with one plan; the difficulty estimate (if any) rides along in the meta. A
+    prompt another worker of the run holds, or has solved, is skipped: {"skipped": its key}."""
+    try:
+        outcome = solve_question(
+            problem.question,
+            strategy=strategy,
+            values=values,
+            models=models,
+            database=database,
+            run_id=run_id,
+            reference=problem.reference,
+            dataset=problem.dataset,
+            key=problem.key,
+            meta=problem.meta,
+            detail=extra,
+        )
+    except Claimed:
+        return {"skipped": problem.key}
     return outcome.as_json()
 
 
@@ -261,7 +265,25 @@ def evaluate(
         solve_prompt.submit(problem, name, values, engines, database, run_id, extra)
         for problem, name, values, extra in plans
     ]
-    _, errors = run_all(futures, "solving")
+    results, errors = run_all(futures, "solving")
+    # Prompts other workers of this run held: wait for them, and solve here those they abandon.
+    skipped = {result["skipped"] for result in results if "skipped" in result}
+    waiting = {
+        recorder.problem(p.dataset, p.key, p.question, p.reference, p.meta): (p, name, values, extra)
+        for p, name, values, extra in plans
+        if p.key in skipped
+    }
+    while free := recorder.await_claims(run_id, waiting):
+        retried, more = run_all(
+            [
+                solve_prompt.submit(p, name, values, engines, database, run_id, extra)
+                for p, name, values, extra in (waiting[i] for i in free)
+            ],
+            "taking over",
+        )
+        errors += more
+        skipped = {result["skipped"] for result in retried if "skipped" in result}
+        waiting = {i: plan for i, plan in waiting.items() if i not in free or plan[0].key in skipped}
     for error in errors:
         logger.error("prompt failed: %s", error)
     summary = {**summarize(database, run_id, difficulty_cost), **described(config)}

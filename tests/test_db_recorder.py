@@ -1,9 +1,13 @@
-"""The recorder: traces written per step, atomically, and runs that resume."""
+"""The recorder: traces written per step, atomically, runs that resume, and workers that share a run
+through leased claims on its solves."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -21,6 +25,7 @@ from db import (
     trace_of,
 )
 from db.models import Candidate, Score, Solve, Step
+from db.recorder import Claimed, RunConfigMismatch, this_worker
 from tests.db_fixtures import T0, beam_steps, record_beam
 
 
@@ -214,7 +219,7 @@ def test_failed_solve_restarts_but_finished_solve_refuses(recorder: Recorder, ru
     recorder.finish_solve(
         solve_id, answer="4", correct=True, generations=8, tokens=63, flops=1e9, seconds=1.0, detail={}
     )
-    with pytest.raises(ValueError, match="already solved"):
+    with pytest.raises(Claimed, match="already solved"):
         recorder.start_solve(run_id, problem_id, "beam_search", {}, budget=4)
 
 
@@ -266,3 +271,242 @@ def test_finish_and_fail_record_spend_and_error(
     assert trace.finished_at is not None and trace.finished_at > datetime(2026, 1, 1, tzinfo=UTC)
     with pytest.raises(ValueError, match="no solve"):
         recorder.fail_solve(10_000, "x")
+
+
+DONE = dict(answer="4", correct=True, generations=8, tokens=63, flops=1e9, seconds=1.0, detail={})
+
+
+def solve_row(sessions: sessionmaker[Session], solve_id: int) -> Solve:
+    with sessions() as session:
+        return session.get_one(Solve, solve_id)
+
+
+def expire(sessions: sessionmaker[Session], solve_id: int) -> None:
+    """Let the solve's lease run out, as it does when its worker stops writing."""
+    with sessions.begin() as session:
+        session.get_one(Solve, solve_id).lease_until = datetime.now(UTC) - timedelta(seconds=1)
+
+
+def test_a_done_solve_is_never_reset_by_any_worker(
+    sessions: sessionmaker[Session], recorder: Recorder, run_and_problem: tuple[str, int]
+) -> None:
+    run_id, problem_id = run_and_problem
+    solve_id = record_beam(recorder, run_id, problem_id)
+    recorder.finish_solve(solve_id, **DONE)  # type: ignore[arg-type]
+    before = counts(sessions, solve_id)
+    for worker in (recorder, Recorder(sessions, worker="elsewhere:1:b")):
+        with pytest.raises(Claimed, match="already solved") as raised:
+            worker.start_solve(run_id, problem_id, "beam_search", {}, budget=4)
+        assert (raised.value.solve_id, raised.value.status) == (solve_id, "done")
+    assert counts(sessions, solve_id) == before
+    assert (solve_row(sessions, solve_id).status, solve_row(sessions, solve_id).lease_until) == ("done", None)
+
+
+def test_a_live_claim_of_another_worker_is_neither_taken_nor_written(
+    sessions: sessionmaker[Session], run_and_problem: tuple[str, int]
+) -> None:
+    run_id, problem_id = run_and_problem
+    mine, other = Recorder(sessions, worker="host-a:1:a"), Recorder(sessions, worker="host-b:1:b")
+    solve_id = record_beam(mine, run_id, problem_id)
+    before = counts(sessions, solve_id)
+
+    with pytest.raises(Claimed, match="being solved by worker host-a:1:a") as raised:
+        other.start_solve(run_id, problem_id, "beam_search", {}, budget=4)
+    assert raised.value.worker == "host-a:1:a"
+    for write in (
+        lambda: other.record_step(solve_id, StepRecord(3, "select", 2, T0, 0.1)),
+        lambda: other.finish_solve(solve_id, **DONE),  # type: ignore[arg-type]
+        lambda: other.fail_solve(solve_id, "not mine"),
+        lambda: other.renew(solve_id),
+    ):
+        with pytest.raises(Claimed, match="claimed by worker host-a:1:a"):
+            write()
+    assert counts(sessions, solve_id) == before
+    # The holder goes on undisturbed.
+    mine.record_step(solve_id, StepRecord(3, "select", 2, T0, 0.1))
+    mine.finish_solve(solve_id, **DONE)  # type: ignore[arg-type]
+    assert solve_row(sessions, solve_id).status == "done"
+
+
+def test_an_expired_claim_is_taken_over_and_its_old_holder_is_fenced_off(
+    sessions: sessionmaker[Session], run_and_problem: tuple[str, int]
+) -> None:
+    run_id, problem_id = run_and_problem
+    stalled, rescuer = Recorder(sessions, worker="host-a:1:a"), Recorder(sessions, worker="host-b:1:b")
+    solve_id = record_beam(stalled, run_id, problem_id)
+    expire(sessions, solve_id)
+
+    assert rescuer.start_solve(run_id, problem_id, "beam_search", {}, budget=4) == solve_id
+
+    row = solve_row(sessions, solve_id)
+    assert (row.status, row.worker) == ("running", "host-b:1:b")
+    assert row.lease_until is not None and row.lease_until > datetime.now(UTC)
+    assert counts(sessions, solve_id) == {"steps": 0, "candidates": 0, "scores": 0}
+    # The stalled worker wakes up: nothing it writes lands in the rescuer's trace.
+    with pytest.raises(Claimed, match="claimed by worker host-b:1:b"):
+        stalled.record_step(solve_id, beam_steps()[0])
+    with pytest.raises(Claimed):
+        stalled.finish_solve(solve_id, **DONE)  # type: ignore[arg-type]
+    for record in beam_steps():
+        rescuer.record_step(solve_id, record)
+    rescuer.finish_solve(solve_id, **DONE)  # type: ignore[arg-type]
+    assert counts(sessions, solve_id) == {"steps": 3, "candidates": 9, "scores": 6}
+
+
+def test_a_tiny_lease_lapses_by_itself(sessions: sessionmaker[Session], run_and_problem: tuple[str, int]) -> None:
+    run_id, problem_id = run_and_problem
+    solve_id = Recorder(sessions, worker="host-a:1:a", lease_seconds=0.001).start_solve(
+        run_id, problem_id, "beam_search", {}, budget=4
+    )
+    deadline = solve_row(sessions, solve_id).lease_until
+    assert deadline is not None
+    while datetime.now(UTC) <= deadline:
+        pass
+    assert Recorder(sessions, worker="host-b:1:b").start_solve(run_id, problem_id, "beam_search", {}, 4) == solve_id
+
+
+def test_the_claim_of_a_gone_process_of_this_host_is_taken_at_once(
+    sessions: sessionmaker[Session], run_and_problem: tuple[str, int]
+) -> None:
+    run_id, problem_id = run_and_problem
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = Recorder(sessions, worker=f"{socket.gethostname()}:{int(ended.stdout)}:dead")
+    alive = Recorder(sessions, worker=f"{socket.gethostname()}:1:init")  # pid 1 always exists
+    solve_id = dead.start_solve(run_id, problem_id, "beam_search", {}, budget=4)
+    other_problem = alive.start_solve(run_id, alive.problem("gsm8k", "8", "3+3?", "6"), "beam_search", {}, 4)
+    mine = Recorder(sessions)
+
+    assert mine.pending(run_id).held == {solve_row(sessions, other_problem).problem_id}
+    assert mine.start_solve(run_id, problem_id, "beam_search", {}, budget=4) == solve_id
+    with pytest.raises(Claimed):
+        mine.start_solve(run_id, solve_row(sessions, other_problem).problem_id, "beam_search", {}, budget=4)
+
+
+def test_renewing_extends_the_lease_and_each_step_renews_it(
+    sessions: sessionmaker[Session], run_and_problem: tuple[str, int]
+) -> None:
+    run_id, problem_id = run_and_problem
+    recorder = Recorder(sessions, lease_seconds=60)
+    solve_id = recorder.start_solve(run_id, problem_id, "beam_search", {}, budget=4)
+    first = solve_row(sessions, solve_id).lease_until
+    assert first is not None and timedelta(seconds=59) < first - datetime.now(UTC) <= timedelta(seconds=60)
+    expire(sessions, solve_id)
+
+    renewed = recorder.renew(solve_id)
+
+    assert solve_row(sessions, solve_id).lease_until == renewed and renewed >= first
+    expire(sessions, solve_id)
+    recorder.record_step(solve_id, beam_steps()[0])
+    stepped = solve_row(sessions, solve_id).lease_until
+    assert stepped is not None and stepped > datetime.now(UTC) + timedelta(seconds=59)
+    recorder.finish_solve(solve_id, **DONE)  # type: ignore[arg-type]
+    assert solve_row(sessions, solve_id).lease_until is None  # finishing releases the claim
+    with pytest.raises(Claimed, match="it is done"):
+        recorder.renew(solve_id)
+    with pytest.raises(ValueError, match="no solve 10000"):
+        recorder.renew(10_000)
+
+
+def test_interrupt_running_releases_this_workers_solves_for_anyone_to_resume(
+    sessions: sessionmaker[Session], run_and_problem: tuple[str, int]
+) -> None:
+    run_id, problem_id = run_and_problem
+    other_run = Recorder(sessions).open_run("other", {})
+    mine, theirs = Recorder(sessions, worker="host-a:1:a"), Recorder(sessions, worker="host-b:1:b")
+    p = [mine.problem("gsm8k", str(i), "q", "1") for i in range(3)]
+    interrupted = record_beam(mine, run_id, problem_id)
+    finished = mine.start_solve(run_id, p[0], "beam_search", {}, 4)
+    mine.finish_solve(finished, **DONE)  # type: ignore[arg-type]
+    elsewhere = mine.start_solve(other_run, p[1], "beam_search", {}, 4)
+    not_mine = theirs.start_solve(run_id, p[2], "beam_search", {}, 4)
+
+    assert mine.interrupt_running(run_id) == 1
+
+    row = solve_row(sessions, interrupted)
+    assert (row.status, row.worker, row.lease_until) == ("interrupted", "host-a:1:a", None)
+    assert [solve_row(sessions, i).status for i in (finished, elsewhere, not_mine)] == ["done", "running", "running"]
+    assert theirs.pending(run_id).claimable == {problem_id, p[2]}  # the interrupted one, and its own
+    assert theirs.start_solve(run_id, problem_id, "beam_search", {}, budget=4) == interrupted
+    assert mine.interrupt_running() == 1  # every run's: the one in `other_run`
+    assert solve_row(sessions, elsewhere).status == "interrupted"
+
+
+def test_pending_tells_claimable_from_held_problems(
+    sessions: sessionmaker[Session], run_and_problem: tuple[str, int]
+) -> None:
+    run_id, _ = run_and_problem
+    mine, theirs = Recorder(sessions, worker="host-a:1:a"), Recorder(sessions, worker="host-b:1:b")
+    p = [mine.problem("gsm8k", str(i), "q", "1") for i in range(6)]
+    mine.finish_solve(mine.start_solve(run_id, p[0], "s", {}, 1), **DONE)  # type: ignore[arg-type]
+    mine.fail_solve(mine.start_solve(run_id, p[1], "s", {}, 1), "boom")
+    mine.start_solve(run_id, p[2], "s", {}, 1)
+    held = theirs.start_solve(run_id, p[3], "s", {}, 1)
+    expire(sessions, theirs.start_solve(run_id, p[4], "s", {}, 1))
+
+    pending = mine.pending(run_id, p)
+
+    assert pending.claimable == {p[1], p[2], p[4], p[5]}  # failed, its own, expired, not started
+    assert pending.held == {p[3]}
+    assert pending.next_expiry == solve_row(sessions, held).lease_until
+    assert mine.pending(run_id).claimable == {p[1], p[2], p[4]}  # without ids: only problems with a solve
+    assert mine.await_claims(run_id, [p[0]]) == frozenset()  # all done: nothing to wait for
+
+
+def test_racing_workers_claim_a_problem_exactly_once(
+    sessions: sessionmaker[Session], run_and_problem: tuple[str, int]
+) -> None:
+    run_id, problem_id = run_and_problem
+    workers = [Recorder(sessions, worker=f"host-{i}:1:w") for i in range(6)]
+    barrier = threading.Barrier(len(workers))
+    won: list[int] = []
+    refused: list[Claimed] = []
+
+    def claim(worker: Recorder) -> None:
+        barrier.wait()
+        try:
+            won.append(worker.start_solve(run_id, problem_id, "beam_search", {}, budget=4))
+        except Claimed as claimed:
+            refused.append(claimed)
+
+    for round_ in range(2):  # first the insert races, then the take-over of an expired claim does
+        threads = [threading.Thread(target=claim, args=(w,)) for w in workers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert (len(won), len(refused)) == (round_ + 1, len(workers) * (round_ + 1) - round_ - 1)
+        expire(sessions, won[0])
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Solve)) == 1
+
+
+def test_the_lease_comes_from_the_environment_unless_given(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TTC_LEASE_SECONDS", "5")
+    assert Recorder(sessions).lease == timedelta(seconds=5)
+    assert Recorder(sessions, lease_seconds=0.5).lease == timedelta(seconds=0.5)
+    monkeypatch.setenv("TTC_LEASE_SECONDS", "soon")
+    with pytest.raises(ValueError, match="TTC_LEASE_SECONDS='soon': expected a number of seconds"):
+        Recorder(sessions)
+    monkeypatch.delenv("TTC_LEASE_SECONDS")
+    assert Recorder(sessions).lease == timedelta(seconds=120)
+    assert Recorder(sessions).worker == Recorder(sessions).worker == this_worker()
+
+
+def test_a_run_name_is_bound_to_its_config(recorder: Recorder) -> None:
+    run_id = recorder.open_run("demo", {"strategy": "beam", "budget": 8, "settings": None, "seed": 0})
+
+    with pytest.raises(RunConfigMismatch) as raised:
+        recorder.open_run("demo", {"strategy": "majority", "budget": 4, "settings": None, "seed": 0})
+
+    assert str(raised.value) == (
+        "run 'demo' was started with strategy=beam, budget=8; this call asks strategy=majority, budget=4: "
+        "use another --run-name"
+    )
+    assert raised.value.differences == {"strategy": ("beam", "majority"), "budget": (8, 4)}
+    with pytest.raises(RunConfigMismatch, match=r"settings=null; this call asks settings={\"beam_width\": 2}"):
+        recorder.check_run("demo", {"strategy": "beam", "budget": 8, "settings": {"beam_width": 2}, "seed": 0})
+    # None on both sides (or a key one side lacks) is no difference; the same config rejoins the run.
+    assert recorder.open_run("demo", {"seed": 0, "budget": 8, "strategy": "beam", "policy": None}) == run_id
+    recorder.check_run("never-started", {"strategy": "beam"})
