@@ -53,7 +53,8 @@ def test_a_planted_password_and_key_appear_nowhere(database_url: str, server: Li
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     environment["PREFECT_HOME"] = str(tmp_path / "prefect")
     summary = tmp_path / "summary.json"
-    common = ["-s", "majority", "-n", "2", "--set", "max_answer_tokens=16", "--proposer", proposer, "--db", with_password]
+    plan = ["-s", "majority", "-n", "2", "--set", "max_answer_tokens=16"]
+    common = [*plan, "--proposer", proposer, "--db", with_password]
 
     dataset = ["--dataset", "testbed:arith?n=3&seed=4"]
     outputs = ["--run-name", "planted", "--summary", str(summary), "--json"]
