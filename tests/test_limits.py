@@ -37,7 +37,9 @@ def proposer() -> Any:
 
 @pytest.fixture(scope="module")
 def verifier() -> Any:
-    return load_verifier("testbed:prm?device=cpu")
+    # Not `testbed:prm?device=cpu`: test_testbed_training loads that URI against its own checkpoints,
+    # and engines are cached per URI for the whole process.
+    return load_verifier("testbed:prm?device=cpu&max_batch=64")
 
 
 def question_of(tokens: int, proposer: Any) -> str:
@@ -95,7 +97,9 @@ def test_a_solve_of_a_2013_token_question_fails_in_its_first_node_with_that_refu
 def test_the_testbed_prm_refuses_a_question_that_alone_fills_its_context(proposer: Any, verifier: Any) -> None:
     question = question_of(2013, proposer)
 
-    with pytest.raises(PromptTooLong, match=r"testbed:prm\?device=cpu: a question of 2013 tokens does not fit"):
+    with pytest.raises(
+        PromptTooLong, match=r"testbed:prm\?device=cpu&max_batch=64: a question of 2013 tokens does not fit"
+    ):
         verifier.score(question, [["1+1 = 2"]])
 
 
