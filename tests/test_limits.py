@@ -4,7 +4,6 @@ is generated (proposer side) or scored (verifier side), on the shipped testbed m
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,16 +17,6 @@ from ttc_nodes.verify import score_candidates
 
 TESTBED_CONTEXT = 1280
 MEGABYTE_QUESTION = "1+" * 500_000 + "1"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
