@@ -25,7 +25,7 @@ from rich.table import Table
 
 from db.recorder import Recorder
 from db.session import connect
-from flows.tracing import DatabaseSink
+from flows.service.tracing import DatabaseSink
 from graphs import registry
 from graphs.runner import run_graph
 from graphs.settings import BeamSettings

@@ -15,8 +15,8 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 from pydantic import Field
 
-from flows.config import ModelSettings
-from flows.solving import solve_question
+from flows.service.config import ModelSettings
+from flows.service.solving import solve_question
 from graphs import registry
 from graphs.runner import StrategyGraph
 from graphs.settings import StrategySettings

@@ -1,4 +1,5 @@
-"""Prefect flows over datasets, the solve service, difficulty-based budget allocation, and the CLI."""
+"""The user-facing side: `cli` (the `ttc` command), `pipelines` (Prefect flows), `service` (solve one
+question, traced) and `policy` (the compute-optimal maths, no Prefect)."""
 
 import os
 

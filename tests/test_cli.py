@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from db import connect, dispose, queries
 from db.models import Problem, Run, Solve
 from flows.cli import app
-from flows.solving import question_key
+from flows.service.solving import question_key
 
 STRATEGIES = [
     "majority",

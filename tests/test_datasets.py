@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from flows.datasets import MAX_TESTBED_N, DatasetError, Problem, dataset_name, load_dataset
+from flows.service.datasets import MAX_TESTBED_N, DatasetError, Problem, dataset_name, load_dataset
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(

@@ -218,8 +218,8 @@ def test_prefect_yaml_deploys_evaluate_and_calibrate_to_the_ttc_pool(
     with get_client(sync_client=True) as client:
         evaluate = client.read_deployment_by_name("evaluate/evaluate")
         calibrate = client.read_deployment_by_name("calibrate/calibrate")
-    assert evaluate.entrypoint == "flows/evaluate.py:evaluate"
-    assert calibrate.entrypoint == "flows/calibrate.py:calibrate"
+    assert evaluate.entrypoint == "flows/pipelines/evaluate.py:evaluate"
+    assert calibrate.entrypoint == "flows/pipelines/calibrate.py:calibrate"
     assert evaluate.work_pool_name == calibrate.work_pool_name == "ttc"
     # the working directory is resolved on the worker, not frozen at deploy time
     for deployment in (evaluate, calibrate):

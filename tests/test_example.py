@@ -12,8 +12,8 @@ from pathlib import Path
 
 from db import queries
 from db.session import connect
-from flows.config import ModelSettings
-from flows.solving import solve_question
+from flows.service.config import ModelSettings
+from flows.service.solving import solve_question
 from graphs import registry
 from ttc_nodes.answers import group_answers
 

@@ -11,8 +11,8 @@ from prefect.testing.utilities import prefect_test_harness
 
 from db import queries
 from db.session import connect
-from flows.calibrate import calibrate
-from flows.evaluate import evaluate, wilson
+from flows.pipelines.calibrate import calibrate
+from flows.pipelines.evaluate import evaluate, wilson
 from flows.policy import Policy
 
 

@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from db import connect, dispose
 from db.models import Candidate, Run, Solve
-from flows.config import ModelSettings
-from flows.solving import problem_seed, solve_question
+from flows.service.config import ModelSettings
+from flows.service.solving import problem_seed, solve_question
 from tests.scripted import ScriptedProposer
 from ttc_nodes.engines import register_scheme
 

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from db import queries
 from db.session import connect
-from flows.config import ModelSettings
-from flows.solving import solve_question
+from flows.service.config import ModelSettings
+from flows.service.solving import solve_question
 from graphs import registry
 from graphs.registry import SettingsError
 from graphs.runner import run_graph

@@ -9,8 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from flows.plots import plot_testbed_report
-from flows.testbed_cli import print_report
+from flows.cli.testbed import print_report
+from flows.pipelines.plots import plot_testbed_report
 from ttc_nodes.prompts import DEFAULT_FORMAT
 from ttc_nodes.testbed import task
 from ttc_nodes.testbed.report import (
@@ -117,7 +117,7 @@ def test_a_small_report_on_quick_models_measures_every_section(quick_models, mon
 
     from rich.console import Console
 
-    import flows.testbed_cli
+    import flows.cli.testbed
 
     settings = ReportSettings(
         problems=10,
@@ -147,7 +147,7 @@ def test_a_small_report_on_quick_models_measures_every_section(quick_models, mon
     assert any(report["reviser"][name] is not None for name in transitions)
     assert report["reviser"]["resample_fix_baseline"] is None  # one chain per question: no other to resample
     printed = io.StringIO()
-    monkeypatch.setattr(flows.testbed_cli, "console", Console(file=printed, width=200))
+    monkeypatch.setattr(flows.cli.testbed, "console", Console(file=printed, width=200))
     print_report(report)
     assert "weighted BoN (confidence)" in printed.getvalue() and "reviser pass@1" in printed.getvalue()
     assert "fixed by the next revision" in printed.getvalue() and "AUC within a question" in printed.getvalue()

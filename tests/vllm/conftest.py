@@ -2,7 +2,7 @@
 
 Runs with the vLLM virtualenv's python (`make test-vllm`), where the ttc package itself is not
 installed (its Prefect pins clash with vLLM's): the repository root goes on sys.path, and only
-modules whose imports exist there are used (`ttc_nodes`, `graphs`, `db`, `flows.solving`).
+modules whose imports exist there are used (`ttc_nodes`, `graphs`, `db`, `flows.service.solving`).
 """
 
 from __future__ import annotations

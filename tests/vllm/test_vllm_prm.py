@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 
 from tests.model_fixtures import build_tokenizer, save_tiny_model
 from tests.test_engines_prm import save_judge_lm
-from ttc_nodes.engines import EngineError, Verifier, load_verifier
+from ttc_nodes.engines import EngineError, PromptTooLong, Verifier, load_verifier
 from ttc_nodes.engines.hf import HFValueHeadPRM
 from ttc_nodes.engines.prm import StepTagPRM
 from ttc_nodes.engines.vllm_prm import QWEN_PRM_SEPARATOR, QWEN_PRM_SYSTEM, VLLMRewardPRM
@@ -105,17 +105,27 @@ def test_each_score_lands_on_its_step_in_a_batch_of_several_lengths(sharp_prm):
     assert engine.score(question, []) == []
 
 
-def test_a_question_longer_than_the_context_is_cut_from_the_start_as_hf_cuts_it(value_head, hf_value_head):
-    question = "Compute " + " + ".join(["1"] * 400) + "."  # 1,600 tokens against the PRM's 1,280-token context
-    solutions = [["1 + 1 = 2", "2 + 1 = \\boxed{3}"], ["1 + 1 = 3"]]
+def test_steps_past_the_context_are_cut_from_the_start_as_hf_cuts_them(value_head, hf_value_head):
+    question = "Compute " + " + ".join(["1"] * 300) + "."  # ~1,200 tokens: fits the PRM's 1,280 alone
+    long_steps = [f"{k} + 1 = {k + 1}" for k in range(1, 60)]  # its steps take it past the context
+    solutions = [long_steps, ["1 + 1 = 3"]]
 
     got = value_head.score(question, solutions)
     expected = hf_value_head.score(question, solutions)
 
+    assert got[0].truncated and expected[0].truncated
+    assert got[0].tokens == expected[0].tokens == 1280
     for ours, theirs in zip(got, expected, strict=True):
-        assert ours.truncated and theirs.truncated
-        assert ours.tokens == theirs.tokens == 1280
-        assert ours.step_scores == pytest.approx(theirs.step_scores, abs=1e-6)
+        assert ours.truncated == theirs.truncated
+        assert ours.tokens == theirs.tokens
+        assert ours.step_scores == pytest.approx(theirs.step_scores, abs=1e-5)
+
+
+def test_a_question_that_alone_fills_the_context_is_refused_as_hf_refuses_it(value_head, hf_value_head):
+    question = "Compute " + " + ".join(["1"] * 400) + "."  # ~1,600 tokens against the PRM's 1,280
+    for engine in (value_head, hf_value_head):
+        with pytest.raises(PromptTooLong, match=r"a question of \d+ tokens does not fit the engine's context of 1280"):
+            engine.score(question, [["1 + 1 = 2"]])
 
 
 def test_a_causal_lm_is_refused_as_a_value_head_before_vllm_loads_it():

@@ -21,8 +21,8 @@ import pytest
 
 from db import queries
 from db.session import connect
-from flows.config import ModelSettings
-from flows.solving import solve_question
+from flows.service.config import ModelSettings
+from flows.service.solving import solve_question
 from graphs.runner import SolveError, StepEvent
 from tests.processes import free_port, tail, wait_for_http
 from ttc_nodes.engines import TransientEngineError, load_proposer

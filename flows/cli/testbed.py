@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flows.plots import plot_testbed_report
+from flows.pipelines.plots import plot_testbed_report
 
 testbed_app = typer.Typer(help="The built-in testbed: a synthetic arithmetic task and three small models.")
 console = Console()

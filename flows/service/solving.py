@@ -13,8 +13,8 @@ from typing import Any
 
 from db.recorder import Recorder
 from db.session import connect
-from flows.config import ModelSettings
-from flows.tracing import DatabaseSink, storable, storable_json
+from flows.service.config import ModelSettings
+from flows.service.tracing import DatabaseSink, storable, storable_json
 from graphs import registry
 from graphs.runner import SolveError, StepEvent, TraceSink, run_graph
 from graphs.settings import StrategySettings

@@ -27,12 +27,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from db import queries
 from db.recorder import Recorder
 from db.session import connect
-from flows.config import ModelSettings
-from flows.datasets import Problem, load_dataset
-from flows.evaluate import estimate_difficulty, run_all, solve_prompt, unsolved
-from flows.plots import plot_policy
+from flows.pipelines.evaluate import estimate_difficulty, run_all, solve_prompt, unsolved
+from flows.pipelines.plots import plot_policy
 from flows.policy import Plan, Policy, assign_bin, fit_policy, quantile_thresholds
-from flows.solving import engines_for, masked_models
+from flows.service.config import ModelSettings
+from flows.service.datasets import Problem, load_dataset
+from flows.service.solving import engines_for, masked_models
 from graphs import registry
 from graphs.registry import SettingsError
 from graphs.settings import MAX_BUDGET

@@ -20,16 +20,16 @@ from typer.core import TyperGroup
 from db import queries
 from db.recorder import Recorder
 from db.session import DatabaseError, connect
-from flows.config import ModelSettings
-from flows.process import (
+from flows.cli.process import (
     EXIT_PROMPTS_FAILED,
     quiet_tracebacks,
     secrets_to_environment,
     start_prefect_server,
     stops_cleanly,
 )
-from flows.render import render_solve
-from flows.solving import solve_question
+from flows.cli.render import render_solve
+from flows.service.config import ModelSettings
+from flows.service.solving import solve_question
 from graphs import registry
 from graphs.registry import SettingsError, UnknownStrategy
 from graphs.runner import SolveError, StepEvent
@@ -325,8 +325,8 @@ def evaluate(
     as_json: AsJson = False,
 ) -> None:
     """Evaluate a dataset with one strategy, or with a compute-optimal policy; print accuracy and spend."""
-    from flows.evaluate import evaluate as evaluate_flow
-    from flows.evaluate import prepare
+    from flows.pipelines.evaluate import evaluate as evaluate_flow
+    from flows.pipelines.evaluate import prepare
 
     runner = task_runner(concurrency, dask)
     settings = parse_assignments(assignments or [])
@@ -370,7 +370,7 @@ def evaluate(
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
-    from flows.evaluate import plan_line
+    from flows.pipelines.evaluate import plan_line
 
     accuracy = summary["accuracy"]
     low, high = summary["accuracy_ci95"]
@@ -425,8 +425,8 @@ def calibrate(
     as_json: AsJson = False,
 ) -> None:
     """Fit a compute-optimal policy θ*(difficulty bin, budget) on a calibration dataset."""
-    from flows.calibrate import calibrate as calibrate_flow
-    from flows.calibrate import prepare
+    from flows.pipelines.calibrate import calibrate as calibrate_flow
+    from flows.pipelines.calibrate import prepare
 
     try:
         budget_list = [int(b) for b in budgets.split(",") if b.strip()]
@@ -506,8 +506,8 @@ def serve(
 
     from prefect.runner import Runner
 
-    from flows.calibrate import calibrate as calibrate_flow
-    from flows.evaluate import evaluate as evaluate_flow
+    from flows.pipelines.calibrate import calibrate as calibrate_flow
+    from flows.pipelines.evaluate import evaluate as evaluate_flow
 
     tasks = task_runner(concurrency, dask)
     # Flows added as objects run as themselves, with this task runner; `prefect.serve(deployment)` would
@@ -524,9 +524,9 @@ def serve(
 
 def _mount_testbed() -> None:
     try:
-        from flows.testbed_cli import testbed_app
+        from flows.cli.testbed import testbed_app
     except ModuleNotFoundError as missing:
-        if missing.name != "flows.testbed_cli":
+        if missing.name != "flows.cli.testbed":
             raise
         return
     app.add_typer(testbed_app, name="testbed", help="train and report on the built-in testbed models")

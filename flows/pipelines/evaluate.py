@@ -24,10 +24,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from db import queries
 from db.recorder import Claimed, Recorder
 from db.session import connect
-from flows.config import ModelSettings
-from flows.datasets import Problem, load_dataset
 from flows.policy import Policy, allocate
-from flows.solving import engines_for, masked_models, solve_question
+from flows.service.config import ModelSettings
+from flows.service.datasets import Problem, load_dataset
+from flows.service.solving import engines_for, masked_models, solve_question
 from graphs import registry
 from ttc_nodes.answers import is_correct
 from ttc_nodes.engines import TransientEngineError
