@@ -33,9 +33,10 @@ from tests.model_fixtures import save_tiny_model
 from tests.scripted import ScriptedProposer, ScriptedVerifier
 from ttc_nodes.engines import load_proposer, load_verifier
 from ttc_nodes.propose import expand_steps
-from ttc_nodes.select import prune_beams, select_answer
+from ttc_nodes.prune import prune_beams
 from ttc_nodes.state import SolveContext
 from ttc_nodes.verify import verify
+from ttc_nodes.vote import select_answer
 
 
 class Runtime:

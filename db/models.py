@@ -176,7 +176,7 @@ class Candidate(Base):
     depth: Mapped[int]  # number of steps in its path
     text: Mapped[str] = mapped_column(Text)  # what it adds to its parent: one step, or a whole answer
     kind: Mapped[str] = mapped_column(String(16))  # step | answer | revision | rollout
-    chain: Mapped[int | None]
+    lineage: Mapped[int | None]
     finished: Mapped[bool]
     answer: Mapped[str | None] = mapped_column(Text)
     logprob: Mapped[float | None]

@@ -60,7 +60,7 @@ class CandidateInfo:
     depth: int
     text: str
     kind: str
-    chain: int | None
+    lineage: int | None
     finished: bool
     answer: str | None
     logprob: float | None
@@ -425,7 +425,7 @@ def _candidate_info(row: Candidate, keys: dict[int, str]) -> CandidateInfo:
         depth=row.depth,
         text=row.text,
         kind=row.kind,
-        chain=row.chain,
+        lineage=row.lineage,
         finished=row.finished,
         answer=row.answer,
         logprob=row.logprob,

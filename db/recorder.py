@@ -114,7 +114,7 @@ class CandidateRecord:
     kind: str  # step | answer | revision | rollout
     finished: bool
     answer: str | None
-    chain: int | None = None
+    lineage: int | None = None
     logprob: float | None = None
     tokens: int = 0
 
@@ -614,7 +614,7 @@ def _candidate_row(solve_id: int, step_id: int, c: CandidateRecord, ids: dict[st
         depth=c.depth,
         text=c.text,
         kind=c.kind,
-        chain=c.chain,
+        lineage=c.lineage,
         finished=c.finished,
         answer=c.answer,
         logprob=c.logprob,

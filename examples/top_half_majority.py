@@ -21,9 +21,9 @@ from graphs import registry
 from graphs.runner import StrategyGraph
 from graphs.settings import StrategySettings
 from ttc_nodes.propose import propose_answers
-from ttc_nodes.select import select_answer
 from ttc_nodes.state import NodeRuntime, SolveContext, SolveState
 from ttc_nodes.verify import verify
+from ttc_nodes.vote import select_answer
 
 
 class TopHalfSettings(StrategySettings):

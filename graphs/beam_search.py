@@ -17,7 +17,7 @@ from graphs.runner import StrategyGraph
 from graphs.settings import BeamSettings
 from graphs.stepwise import search_loop
 from ttc_nodes.propose import expand_steps
-from ttc_nodes.select import prune_beams
+from ttc_nodes.prune import prune_beams
 from ttc_nodes.verify import verify, verify_with_lookahead
 
 

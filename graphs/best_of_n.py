@@ -10,9 +10,9 @@ from langgraph.graph import END, START, StateGraph
 from graphs.runner import StrategyGraph
 from graphs.settings import BestOfNSettings
 from ttc_nodes.propose import propose_answers
-from ttc_nodes.select import select_answer
 from ttc_nodes.state import SolveContext, SolveState
 from ttc_nodes.verify import verify
+from ttc_nodes.vote import select_answer
 
 
 def build(settings: BestOfNSettings) -> StrategyGraph:

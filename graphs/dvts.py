@@ -14,7 +14,7 @@ from graphs.runner import StrategyGraph
 from graphs.settings import DVTSSettings
 from graphs.stepwise import search_loop
 from ttc_nodes.propose import expand_steps
-from ttc_nodes.select import prune_subtrees
+from ttc_nodes.prune import prune_subtrees
 from ttc_nodes.verify import verify
 
 

@@ -11,7 +11,7 @@ from graphs.runner import StrategyGraph
 from graphs.settings import ParticleFilteringSettings
 from graphs.stepwise import search_loop
 from ttc_nodes.propose import expand_steps
-from ttc_nodes.select import resample_particles
+from ttc_nodes.prune import resample_particles
 from ttc_nodes.verify import verify
 
 

@@ -13,9 +13,9 @@ from langgraph.graph import END, START, StateGraph
 from graphs.runner import StrategyGraph
 from graphs.settings import RevisionSettings
 from ttc_nodes.revise import revise, start_chains
-from ttc_nodes.select import select_from_chains
 from ttc_nodes.state import SolveContext, SolveState
 from ttc_nodes.verify import verify_chains
+from ttc_nodes.vote import select_from_chains
 
 
 def build(settings: RevisionSettings) -> StrategyGraph:

@@ -15,8 +15,8 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 
 from graphs.runner import StrategyGraph
-from ttc_nodes.select import select_answer
 from ttc_nodes.state import SolveContext, SolveState
+from ttc_nodes.vote import select_answer
 
 
 def searching(state: SolveState) -> str:

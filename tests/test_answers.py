@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ttc_nodes.answers import extract_answer, group_answers, is_correct, reference_answer, same_answer
-from ttc_nodes.select import vote
 from ttc_nodes.state import Candidate
+from ttc_nodes.vote import vote
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 

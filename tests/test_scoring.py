@@ -23,8 +23,8 @@ def test_unknown_aggregation_and_empty_scores_are_errors():
 
 def test_aggregation_setting_changes_which_answer_wins():
     """The configured aggregation must reach the vote (a known bug elsewhere: always 'last')."""
-    from ttc_nodes.select import vote
     from ttc_nodes.state import Candidate
+    from ttc_nodes.vote import vote
 
     def answer(key: str, value: str, steps: list[float], how: str) -> Candidate:
         base = Candidate(key, None, ("a",) * len(steps), "a", 1, "answer", True, value)

@@ -373,7 +373,7 @@ def test_dvts_all_leaves_vote_equals_a_weighted_vote_over_every_leaf(shape, fini
     by_subtree: dict[int, list] = defaultdict(list)
     for candidates in sink.expanded().values():
         for c in candidates:
-            by_subtree[c.chain].append(c)
+            by_subtree[c.lineage].append(c)
     last_expansions = [
         [c for c in members if c.round == max(m.round for m in members)] for members in by_subtree.values()
     ]

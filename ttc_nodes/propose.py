@@ -75,7 +75,7 @@ def expand_steps(
             key = f"{round_number}.{len(children)}"
             child = step_candidate(completion, parent, key=key, round=round_number)
             if parent is None and subtrees:
-                child = replace(child, chain=len(children) * subtrees // first_round)
+                child = replace(child, lineage=len(children) * subtrees // first_round)
             children.append(child)
     lanes_now = len(children) * lane_factor
     lanes_before = state.get("lanes", 0)
@@ -128,7 +128,7 @@ def step_candidate(
         kind=kind,  # type: ignore[arg-type]
         finished=answer is not None or completion.ended_sequence,
         answer=answer,
-        chain=parent.chain if parent else None,
+        lineage=parent.lineage if parent else None,
         logprob=completion.logprob,
         tokens=completion.completion_tokens,
     )
@@ -142,7 +142,7 @@ def answer_candidate(
     kind: str,
     split: Any,
     parent: str | None = None,
-    chain: int | None = None,
+    lineage: int | None = None,
 ) -> Candidate:
     """A complete answer, split into steps so a PRM can score each of them."""
     text = completion.text.strip()
@@ -155,7 +155,7 @@ def answer_candidate(
         kind=kind,  # type: ignore[arg-type]
         finished=True,
         answer=extract_answer(text),
-        chain=chain,
+        lineage=lineage,
         logprob=completion.logprob,
         tokens=completion.completion_tokens,
     )

@@ -27,7 +27,7 @@ def start_chains(
             round=1,
             kind="answer",
             split=context.prompt_format.split_steps,
-            chain=index,
+            lineage=index,
         )
         for index, completion in enumerate(completions)
     ]
@@ -61,7 +61,7 @@ def revise(state: SolveState, runtime: NodeRuntime, *, max_tokens: int, temperat
             kind="revision",
             split=context.prompt_format.split_steps,
             parent=chain[-1].key,
-            chain=index,
+            lineage=index,
         )
         grown.append([*chain, revision])
     return {

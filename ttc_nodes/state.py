@@ -22,7 +22,9 @@ CandidateKind = Literal["answer", "step", "revision", "rollout"]
 
 @dataclass(frozen=True)
 class Candidate:
-    """A solution or solution prefix. `text` is what this candidate adds to its parent's path."""
+    """A solution or solution prefix. `text` is what this candidate adds to its parent's path;
+    `lineage` numbers the independent line of search it belongs to (a revision chain, a DVTS
+    subtree), None where a strategy has only one."""
 
     key: str
     parent: str | None
@@ -32,7 +34,7 @@ class Candidate:
     kind: CandidateKind
     finished: bool
     answer: str | None
-    chain: int | None = None
+    lineage: int | None = None
     logprob: float = 0.0
     tokens: int = 0
     step_scores: tuple[float, ...] | None = None
@@ -47,7 +49,7 @@ class Candidate:
         return replace(self, step_scores=tuple(step_scores), score=score, truncated=truncated)
 
 
-def latest(left: list[Candidate], right: list[Candidate]) -> list[Candidate]:
+def appended(left: list[Candidate], right: list[Candidate]) -> list[Candidate]:
     """Reducer that appends, for lists that only ever grow (finished answers)."""
     return operator.add(left, right)
 
@@ -59,7 +61,7 @@ class SolveState(TypedDict, total=False):
     round: int
     pool: list[Candidate]
     expansions: list[int]
-    finished: Annotated[list[Candidate], latest]
+    finished: Annotated[list[Candidate], appended]
     chains: list[list[Candidate]]
     rollouts: list[Candidate]
     carried: list[Candidate]

@@ -37,8 +37,8 @@ from graphs import registry
 from graphs.registry import SettingsError
 from graphs.settings import MAX_BUDGET
 from ttc_nodes.answers import is_correct
-from ttc_nodes.select import VoteMethod, vote
 from ttc_nodes.state import Candidate
+from ttc_nodes.vote import VoteMethod, vote
 
 POOL_PLANS: dict[str, VoteMethod] = {
     "best_of_n_weighted": "weighted",

@@ -77,7 +77,7 @@ def candidate_record(candidate: Candidate) -> CandidateRecord:
         kind=candidate.kind,
         finished=candidate.finished,
         answer=storable(candidate.answer),
-        chain=candidate.chain,
+        lineage=candidate.lineage,
         logprob=candidate.logprob,
         tokens=candidate.tokens,
     )

@@ -4,17 +4,18 @@ from types import SimpleNamespace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ttc_nodes.select import hierarchical_vote, prune_beams, prune_subtrees, resample_particles, vote
+from ttc_nodes.prune import prune_beams, prune_subtrees, resample_particles
 from ttc_nodes.state import Candidate, SolveContext
+from ttc_nodes.vote import hierarchical_vote, vote
 
 answers = st.one_of(st.none(), st.sampled_from(["1", "2", "3", "0.5", r"\frac{1}{2}", "2.0"]))
 scores = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 
 
 def candidate(
-    index: int, answer: str | None, score: float | None, finished: bool = True, chain: int | None = None
+    index: int, answer: str | None, score: float | None, finished: bool = True, lineage: int | None = None
 ) -> Candidate:
-    base = Candidate(f"1.{index}", None, ("s",), "s", 1, "answer", finished, answer, chain=chain)
+    base = Candidate(f"1.{index}", None, ("s",), "s", 1, "answer", finished, answer, lineage=lineage)
     return base if score is None else base.scored([score], score)
 
 
@@ -59,7 +60,9 @@ def test_majority_and_best_of_n_follow_their_definitions(pairs):
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.lists(st.tuples(answers, scores), min_size=1, max_size=6), min_size=1, max_size=5))
 def test_hierarchical_vote_is_weighted_within_then_across_chains(chains):
-    pools = [[candidate(10 * c + i, a, s, chain=c) for i, (a, s) in enumerate(chain)] for c, chain in enumerate(chains)]
+    pools = [
+        [candidate(10 * c + i, a, s, lineage=c) for i, (a, s) in enumerate(chain)] for c, chain in enumerate(chains)
+    ]
     across: dict[float, float] = {}
     for chain in chains:
         inner: dict[float, float] = {}
@@ -116,7 +119,7 @@ def test_beam_pruning_stops_at_the_round_limit_and_ends_live_beams():
 
 
 def test_dvts_keeps_the_best_candidate_of_each_subtree():
-    pool = [candidate(i, None, s, finished=False, chain=i // 2) for i, s in enumerate([0.1, 0.9, 0.8, 0.3])]
+    pool = [candidate(i, None, s, finished=False, lineage=i // 2) for i, s in enumerate([0.1, 0.9, 0.8, 0.3])]
     update = prune_subtrees({"pool": pool, "round": 1}, RUNTIME, beam_width=2, max_rounds=40)
     assert [c.key for c in update["pool"]] == ["1.1", "1.2"] and update["expansions"] == [2, 2]
 
@@ -207,7 +210,7 @@ def test_refill_ends_at_n_answers_keeping_the_best_scored_of_the_last_round():
 
 def test_dvts_hands_on_the_winner_or_every_leaf_of_each_finished_subtree():
     spec = [(0.9, True), (0.4, True), (0.3, False), (0.8, False), (0.6, False), (0.5, True)]
-    pool = [candidate(i, "1" if done else None, s, finished=done, chain=i // 2) for i, (s, done) in enumerate(spec)]
+    pool = [candidate(i, "1" if done else None, s, finished=done, lineage=i // 2) for i, (s, done) in enumerate(spec)]
     winners = prune_subtrees({"pool": pool, "round": 1}, RUNTIME, beam_width=2, max_rounds=40)
     leaves = prune_subtrees({"pool": pool, "round": 1}, RUNTIME, beam_width=2, max_rounds=40, final_vote="all_leaves")
     # subtree 0 has finished (its best is done); subtrees 1 and 2 go on from their best candidate
