@@ -14,22 +14,16 @@ from __future__ import annotations
 from functools import partial
 
 from graphs.runner import StrategyGraph
+from graphs.sampling import step_expander
 from graphs.settings import BeamSettings
 from graphs.stepwise import search_loop
-from ttc_nodes.propose import expand_steps
 from ttc_nodes.prune import prune_beams
 from ttc_nodes.verify import verify, verify_with_lookahead
 
 
 def build(settings: BeamSettings) -> StrategyGraph:
     assert settings.beam_width is not None
-    expand = partial(
-        expand_steps,
-        first_round=settings.beams,
-        max_tokens=settings.max_step_tokens,
-        temperature=settings.temperature,
-        lane_factor=settings.lookahead + 1,
-    )
+    expand = step_expander(settings, first_round=settings.beams, lane_factor=settings.lookahead + 1)
     if settings.lookahead:
         score = partial(
             verify_with_lookahead,

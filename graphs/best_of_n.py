@@ -8,8 +8,8 @@ from functools import partial
 from langgraph.graph import END, START, StateGraph
 
 from graphs.runner import StrategyGraph
+from graphs.sampling import answer_sampler
 from graphs.settings import BestOfNSettings
-from ttc_nodes.propose import propose_answers
 from ttc_nodes.state import SolveContext, SolveState
 from ttc_nodes.verify import verify
 from ttc_nodes.vote import select_answer
@@ -17,15 +17,7 @@ from ttc_nodes.vote import select_answer
 
 def build(settings: BestOfNSettings) -> StrategyGraph:
     graph = StateGraph(SolveState, context_schema=SolveContext)
-    graph.add_node(
-        "propose",
-        partial(
-            propose_answers,
-            n=settings.budget,
-            max_tokens=settings.max_answer_tokens,
-            temperature=settings.temperature,
-        ),
-    )
+    graph.add_node("propose", answer_sampler(settings))
     graph.add_node("verify", partial(verify, aggregation=settings.aggregation))
     graph.add_node("select", partial(select_answer, method="weighted" if settings.weighted else "best_of_n"))
     graph.add_edge(START, "propose")

@@ -11,22 +11,16 @@ from __future__ import annotations
 from functools import partial
 
 from graphs.runner import StrategyGraph
+from graphs.sampling import step_expander
 from graphs.settings import DVTSSettings
 from graphs.stepwise import search_loop
-from ttc_nodes.propose import expand_steps
 from ttc_nodes.prune import prune_subtrees
 from ttc_nodes.verify import verify
 
 
 def build(settings: DVTSSettings) -> StrategyGraph:
     assert settings.beam_width is not None
-    expand = partial(
-        expand_steps,
-        first_round=settings.beams,
-        max_tokens=settings.max_step_tokens,
-        temperature=settings.temperature,
-        subtrees=settings.beams // settings.beam_width,
-    )
+    expand = step_expander(settings, first_round=settings.beams, subtrees=settings.beams // settings.beam_width)
     prune = partial(
         prune_subtrees,
         beam_width=settings.beam_width,

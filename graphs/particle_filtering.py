@@ -8,20 +8,15 @@ from __future__ import annotations
 from functools import partial
 
 from graphs.runner import StrategyGraph
+from graphs.sampling import step_expander
 from graphs.settings import ParticleFilteringSettings
 from graphs.stepwise import search_loop
-from ttc_nodes.propose import expand_steps
 from ttc_nodes.prune import resample_particles
 from ttc_nodes.verify import verify
 
 
 def build(settings: ParticleFilteringSettings) -> StrategyGraph:
-    expand = partial(
-        expand_steps,
-        first_round=settings.budget,
-        max_tokens=settings.max_step_tokens,
-        temperature=settings.temperature,
-    )
+    expand = step_expander(settings, first_round=settings.budget)
     resample = partial(
         resample_particles,
         budget=settings.budget,
