@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from db.models import Candidate, Policy, Problem, Run, Score, Solve, Step
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -399,48 +401,19 @@ def _problem_info(row: Problem) -> ProblemInfo:
     return ProblemInfo(row.id, row.dataset, row.key, row.question, row.reference, row.meta)
 
 
+def _copied(cls: type[T], row: object, **computed: Any) -> T:
+    """A `cls` dataclass holding the row's attributes of the same names, and the `computed` ones."""
+    values = {f.name: computed[f.name] if f.name in computed else getattr(row, f.name) for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**values)
+
+
 def _step_info(row: Step) -> StepInfo:
-    return StepInfo(
-        id=row.id,
-        seq=row.seq,
-        node=row.node,
-        round=row.round,
-        started_at=row.started_at,
-        seconds=row.seconds,
-        generations=row.generations,
-        tokens=row.tokens,
-        flops=row.flops,
-        detail=row.detail,
-        error=row.error,
-    )
+    return _copied(StepInfo, row)
 
 
 def _candidate_info(row: Candidate, keys: dict[int, str]) -> CandidateInfo:
-    return CandidateInfo(
-        id=row.id,
-        key=row.key,
-        parent_key=keys[row.parent_id] if row.parent_id is not None else None,
-        step_id=row.step_id,
-        round=row.round,
-        depth=row.depth,
-        text=row.text,
-        kind=row.kind,
-        lineage=row.lineage,
-        finished=row.finished,
-        answer=row.answer,
-        logprob=row.logprob,
-        tokens=row.tokens,
-    )
+    return _copied(CandidateInfo, row, parent_key=keys[row.parent_id] if row.parent_id is not None else None)
 
 
 def _score_info(row: Score, keys: dict[int, str]) -> ScoreInfo:
-    return ScoreInfo(
-        id=row.id,
-        candidate_key=keys[row.candidate_id],
-        step_id=row.step_id,
-        step_scores=row.step_scores,
-        value=row.value,
-        aggregation=row.aggregation,
-        verifier=row.verifier,
-        truncated=row.truncated,
-    )
+    return _copied(ScoreInfo, row, candidate_key=keys[row.candidate_id])

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -605,18 +605,6 @@ def _parents_first(candidates: Iterable[CandidateRecord], known: dict[str, int])
 
 
 def _candidate_row(solve_id: int, step_id: int, c: CandidateRecord, ids: dict[str, int]) -> Candidate:
-    return Candidate(
-        solve_id=solve_id,
-        step_id=step_id,
-        key=c.key,
-        parent_id=ids[c.parent_key] if c.parent_key is not None else None,
-        round=c.round,
-        depth=c.depth,
-        text=c.text,
-        kind=c.kind,
-        lineage=c.lineage,
-        finished=c.finished,
-        answer=c.answer,
-        logprob=c.logprob,
-        tokens=c.tokens,
-    )
+    columns = {f.name: getattr(c, f.name) for f in fields(c) if f.name != "parent_key"}
+    parent_id = ids[c.parent_key] if c.parent_key is not None else None
+    return Candidate(solve_id=solve_id, step_id=step_id, parent_id=parent_id, **columns)
