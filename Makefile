@@ -54,17 +54,19 @@ ANSWER ?= 31
 # import on CPU; they are removed. The virtualenv ignores itself in git (a `*` .gitignore inside).
 VLLM_VENV ?= .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
-VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cksum tests/vllm/requirements.txt | cut -d' ' -f1)
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat tests/vllm/requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 VLLM_ENV := HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=1 VLLM_CACHE_ROOT=$(abspath $(VLLM_VENV))/cache
 
 .PHONY: vllm-venv test-vllm
 
-$(VLLM_STAMP): tests/vllm/requirements.txt
+$(VLLM_STAMP): tests/vllm/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	echo '*' > $(VLLM_VENV)/.gitignore
 	$(VLLM_BIN)/python -m pip install --quiet --no-cache-dir --upgrade pip==26.3
 	$(VLLM_BIN)/python -m pip install --quiet --no-cache-dir -r tests/vllm/requirements.txt
 	$(VLLM_BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec triton
+	# ttc itself without its dependencies: its entry points (the `testbed:` scheme) must be there too.
+	$(VLLM_BIN)/python -m pip install --quiet --no-deps -e .
 	$(VLLM_BIN)/python -c "import torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
 	rm -f $(VLLM_VENV)/.installed-* && touch $(VLLM_STAMP)
 

@@ -24,7 +24,8 @@ from ttc_nodes.engines import (
     load_proposer,
     load_verifier,
 )
-from ttc_nodes.engines.hf import HFProposer, HFValueHeadPRM, prm_inputs
+from ttc_nodes.engines.hf import HFProposer, HFValueHeadPRM
+from ttc_nodes.engines.transformers_io import prm_inputs
 from ttc_nodes.engines.uris import parse_uri
 from ttc_nodes.prompts import DEFAULT_FORMAT, PromptFormat
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ttc_nodes.engines.hf import prm_inputs
+from ttc_nodes.engines.transformers_io import prm_inputs
 from ttc_nodes.testbed import task
 from ttc_nodes.testbed.model import QUICK, assemble_prm, build_tokenizer, new_causal_lm, prm_head
 from ttc_nodes.testbed.train import body_states, confidence_targets

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 import torch
 
 from ttc_nodes.engines.base import Scored
-from ttc_nodes.engines.hf import LocalVerifier, prm_inputs, right_pad
+from ttc_nodes.engines.hf import LocalVerifier
+from ttc_nodes.engines.transformers_io import prm_inputs, right_pad
 from ttc_nodes.engines.uris import masked_uri
 from ttc_nodes.prompts import DEFAULT_FORMAT, PromptFormat
 

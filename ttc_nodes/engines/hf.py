@@ -19,6 +19,8 @@ from typing import Any, Literal
 import torch
 
 from ttc_nodes.engines.base import Completion, EngineError, Scored, check_fits
+from ttc_nodes.engines.batched import BatchedProposer, Row, Sampling
+from ttc_nodes.engines.transformers_io import prm_inputs, quiet_transformers, right_pad
 from ttc_nodes.engines.uris import masked_uri
 from ttc_nodes.prompts import DEFAULT_FORMAT, PromptFormat, check_question_size
 
@@ -52,13 +54,6 @@ def _check_path(path: str) -> Path:
     if not location.exists():
         raise EngineError(f"model path does not exist: {location}")
     return location
-
-
-def quiet_transformers() -> None:
-    # Weight-loading progress bars would interleave with our own progress display on stderr.
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
 
 
 def _load_tokenizer(location: Path, gguf_file: str | None) -> Any:
@@ -100,7 +95,7 @@ def model_context(model: Any) -> int | None:
     return int(positions) if isinstance(positions, int) and positions > 0 else None
 
 
-class HFProposer:
+class HFProposer(BatchedProposer):
     """Samples with `model.generate`, every prompt × n sample of a call in as few batches as fit."""
 
     def __init__(
@@ -126,31 +121,13 @@ class HFProposer:
         self.parameters = parameter_count(self.model)
         self.context = model_context(self.model)
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        n: int,
-        *,
-        max_tokens: int,
-        temperature: float,
-        stop: Sequence[str] = (),
-        seed: int | None = None,
-    ) -> list[list[Completion]]:
-        if n < 1 or max_tokens < 1:
-            raise ValueError(f"n and max_tokens must be >= 1, got n={n}, max_tokens={max_tokens}")
-        self._check_prompts(prompts)
-        # Greedy decoding cannot return several sequences per prompt, so samples are separate rows.
-        rows = [prompt for prompt in prompts for _ in range(n)]
-        completions: list[Completion] = []
+    def _run(self, batches: list[list[Row]], sampling: Sampling) -> list[list[Completion]]:
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         # One call at a time: concurrent solves share the model, and the seeded RNG must not interleave.
         with self._lock, torch.random.fork_rng(devices=cuda):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for start in range(0, len(rows), self.max_batch):
-                chunk = rows[start : start + self.max_batch]
-                completions.extend(self._generate_batch(chunk, max_tokens, temperature, stop))
-        return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+            return super()._run(batches, sampling)
 
     def _check_prompts(self, prompts: Sequence[str]) -> None:
         """PromptTooLong, before any generation, for a call whose longest prompt fills the context."""
@@ -161,17 +138,17 @@ class HFProposer:
         check_fits(self.uri, max(len(ids) for ids in encoded), self.context)
 
     @torch.inference_mode()
-    def _generate_batch(
-        self, prompts: list[str], max_tokens: int, temperature: float, stop: Sequence[str]
-    ) -> list[Completion]:
+    def _generate_batch(self, rows: Sequence[Row], sampling: Sampling) -> list[list[Completion]]:
         self.tokenizer.padding_side = "left"
+        prompts = [row.prompt for row in rows]
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         batch = batch.to(self.device)
+        max_tokens, stop = sampling.max_tokens, sampling.stop
         if self.context is not None:  # generation stops where the context ends
             max_tokens = min(max_tokens, self.context - batch["input_ids"].shape[1])
-        sampling: dict[str, Any] = (
-            {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-            if temperature > 0
+        decoding: dict[str, Any] = (
+            {"do_sample": True, "temperature": sampling.temperature, "top_k": 0, "top_p": 1.0}
+            if sampling.temperature > 0
             else {"do_sample": False}
         )
         output = self.model.generate(
@@ -181,7 +158,7 @@ class HFProposer:
             pad_token_id=self.tokenizer.pad_token_id,
             return_dict_in_generate=True,
             output_scores=True,
-            **sampling,
+            **decoding,
         )
         prompt_width = batch["input_ids"].shape[1]
         new_tokens = output.sequences[:, prompt_width:]
@@ -190,7 +167,7 @@ class HFProposer:
         )
         prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
         return [
-            self._completion(new_tokens[row], token_logprobs[row], int(prompt_lengths[row]), max_tokens, stop)
+            [self._completion(new_tokens[row], token_logprobs[row], int(prompt_lengths[row]), max_tokens, stop)]
             for row in range(len(prompts))
         ]
 
@@ -271,41 +248,6 @@ def _tokens_until(tokenizer: Any, ids: list[int], kept: str, stop_string: str) -
         range(1, len(ids) + 1), target, key=lambda n: len(tokenizer.decode(ids[:n], skip_special_tokens=True))
     )
     return min(count + 1, len(ids))
-
-
-def prm_inputs(
-    tokenizer: Any, question: str, steps: Sequence[str], prompt_format: PromptFormat = DEFAULT_FORMAT
-) -> tuple[list[int], list[int]]:
-    """Token ids of a question and its steps, and the position of each step's last separator token.
-
-    The step score is read at that position. Segments are tokenized separately so the positions are
-    exact whatever the tokenizer merges; the testbed PRM is trained on this same layout.
-    """
-
-    def encode(text: str) -> list[int]:
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    ids = encode(prompt_format.solution(question))
-    separator = encode(prompt_format.step_separator)
-    positions: list[int] = []
-    for step in steps:
-        ids += encode(step) + separator
-        positions.append(len(ids) - 1)
-    return ids, positions
-
-
-def right_pad(rows: Sequence[Sequence[int] | torch.Tensor], fill: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows right-padded with `fill` to the longest (at least 1 wide), and the attention mask. A row
-    is a list of token ids (padded as int64) or a tensor of any trailing shape (keeps its dtype)."""
-    tensors = [row if isinstance(row, torch.Tensor) else torch.tensor(row, dtype=torch.long) for row in rows]
-    width = max((len(row) for row in tensors), default=1)
-    trailing, dtype = (tensors[0].shape[1:], tensors[0].dtype) if tensors else ((), torch.long)
-    padded = torch.full((len(tensors), width, *trailing), fill, dtype=dtype)
-    mask = torch.zeros((len(tensors), width), dtype=torch.long)
-    for index, row in enumerate(tensors):
-        padded[index, : len(row)] = row
-        mask[index, : len(row)] = 1
-    return padded, mask
 
 
 class LocalVerifier:

@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 
 from ttc_nodes.engines.base import Completion, EngineError, TransientEngineError
+from ttc_nodes.engines.batched import BatchedProposer, Row, Sampling, chunks
 from ttc_nodes.engines.uris import masked_uri
 
 log = logging.getLogger(__name__)
@@ -36,16 +37,28 @@ _RETRIED_STATUS = {408, 429}  # besides every 5xx: a request timeout or rate lim
 
 @dataclass(frozen=True)
 class _Request:
-    """One completions request: some of the call's prompts (by position), `n` samples of each."""
+    """One completions request: some of the call's rows (a prompt each), `n` samples of each."""
 
-    positions: list[int]
-    prompts: list[str]
+    rows: list[Row]
     n: int
     seed: int | None
 
+    @property
+    def prompts(self) -> list[str]:
+        return [row.prompt for row in self.rows]
 
-class OpenAIProposer:
+
+def _request(rows: list[Row], n: int, seed: int | None, repeat: int) -> _Request:
+    """A request for `rows`. Every request gets its own seed, derived from the call's seed, so asking
+    again for a prompt does not return the sample it returned before."""
+    return _Request(rows, n, _derive(seed, repeat, rows[0].position))
+
+
+class OpenAIProposer(BatchedProposer):
     """Samples from the completions endpoint of one or more OpenAI-compatible servers."""
+
+    one_row_per_sample = False  # a request asks for n samples of each of its prompts
+    max_batch: int
 
     def __init__(
         self,
@@ -77,7 +90,7 @@ class OpenAIProposer:
         self.context: int | None = None
         self.retries = retries
         self.backoff = backoff
-        self.batch = batch
+        self.max_batch = batch
         self.parameters = int(params)
         if self.parameters <= 0:
             log.warning("%s: no ?params= given, so FLOPs for this engine count as 0", self.uri)
@@ -102,56 +115,44 @@ class OpenAIProposer:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        n: int,
-        *,
-        max_tokens: int,
-        temperature: float,
-        stop: Sequence[str] = (),
-        seed: int | None = None,
-    ) -> list[list[Completion]]:
-        if n < 1 or max_tokens < 1:
-            raise ValueError(f"n and max_tokens must be >= 1, got n={n}, max_tokens={max_tokens}")
+    @property
+    def batch(self) -> int:
+        """Prompts a request at most (the URI's `batch`)."""
+        return self.max_batch
+
+    def _run(self, batches: list[list[Row]], sampling: Sampling) -> list[list[Completion]]:
+        """A request a batch, `concurrency` in flight at once over all threads."""
         body: dict[str, Any] = {
             "model": self.model,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
+            "max_tokens": sampling.max_tokens,
+            "temperature": sampling.temperature,
             "logprobs": 1,
         }
-        if stop:
-            body["stop"] = list(stop)
-        # Greedy samples are all the same sequence: ask for one and copy it.
-        asked = 1 if temperature == 0 else n
-        rows: list[list[Completion]] = [[] for _ in prompts]
-        first_round = self._requests(prompts, range(len(prompts)), 1 if self._ignores_n else asked, seed, repeat=0)
-        self._run(first_round, body, stop, rows)
-        while short := [i for i, row in enumerate(rows) if len(row) < asked]:
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        asked, seed = sampling.samples, sampling.seed
+        rows = [row for batch in batches for row in batch]  # one a prompt: rows[i].position == i
+        answers: list[list[Completion]] = [[] for _ in rows]
+        first_round = [_request(batch, 1 if self._ignores_n else asked, seed, repeat=0) for batch in batches]
+        self._send(first_round, body, sampling.stop, answers)
+        while short := [row for row in rows if len(answers[row.position]) < asked]:
             # Only a server that ignores `n` leaves rows short: ask again, one sample per request row.
             fill = [
-                request
-                for repeat in range(min(len(rows[i]) for i in short), asked)
-                for request in self._requests(prompts, [i for i in short if len(rows[i]) <= repeat], 1, seed, repeat)
+                _request(chunk, 1, seed, repeat)
+                for repeat in range(min(len(answers[row.position]) for row in short), asked)
+                for chunk in chunks([row for row in short if len(answers[row.position]) <= repeat], self.max_batch)
             ]
-            self._run(fill, body, stop, rows)
-        return [row[:asked] * (n // asked) for row in rows]
+            self._send(fill, body, sampling.stop, answers)
+        return answers
 
-    def _requests(
-        self, prompts: Sequence[str], positions: Sequence[int], n: int, seed: int | None, repeat: int
-    ) -> list[_Request]:
-        """Requests of at most `batch` prompts each. Every request gets its own seed, derived from the
-        call's seed, so asking again for a prompt does not return the sample it returned before."""
-        chunks = [list(positions[k : k + self.batch]) for k in range(0, len(positions), self.batch)]
-        return [_Request(c, [prompts[i] for i in c], n, _derive(seed, repeat, c[0])) for c in chunks]
-
-    def _run(
-        self, requests: list[_Request], body: dict[str, Any], stop: Sequence[str], rows: list[list[Completion]]
+    def _send(
+        self, requests: list[_Request], body: dict[str, Any], stop: Sequence[str], answers: list[list[Completion]]
     ) -> None:
-        answers = self._pool.map(lambda r: self._complete(r, body, stop), requests)
-        for request, per_prompt in zip(requests, answers, strict=True):
-            for position, completions in zip(request.positions, per_prompt, strict=True):
-                rows[position].extend(completions)
+        """Send `requests` at once, adding each prompt's completions to `answers` at its position."""
+        replies = self._pool.map(lambda r: self._complete(r, body, stop), requests)
+        for request, per_prompt in zip(requests, replies, strict=True):
+            for row, completions in zip(request.rows, per_prompt, strict=True):
+                answers[row.position].extend(completions)
 
     def _complete(self, request: _Request, body: dict[str, Any], stop: Sequence[str]) -> list[list[Completion]]:
         payload = {**body, "prompt": request.prompts, "n": request.n}

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from ttc_nodes.engines.base import EngineError, Scored
-from ttc_nodes.engines.hf import LocalVerifier, right_pad
+from ttc_nodes.engines.hf import LocalVerifier
+from ttc_nodes.engines.transformers_io import right_pad
 from ttc_nodes.engines.uris import masked_uri
 
 log = logging.getLogger(__name__)

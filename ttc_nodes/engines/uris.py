@@ -7,7 +7,6 @@ Built-in schemes:
   `confidence` (a causal LM's own lowest token probability so far; no reward model, see
   `engines.confidence`).
 - `gguf:PATH.gguf` — a GGUF file through transformers (needs the `gguf` and `accelerate` packages).
-- `testbed:NAME` — the checkpoints shipped with the package.
 - `openai:URL[,URL...]#MODEL` — an OpenAI-compatible completions server (see `engines.openai`).
 - `vllm:PATH_OR_NAME` — vLLM's offline engine with prefix caching (see `engines.vllm`; needs vllm installed);
   as verifier, a PRM on vLLM's pooling runner, `?format=` `value_head`, `step_tag` or `qwen_prm`
@@ -16,7 +15,10 @@ Built-in schemes:
 
 Common options: `device`, `dtype`, `max_batch`; `chat=1` on an `hf:`/`gguf:` proposer wraps prompts in
 the model's chat template (`prompt_format_of(engine)` gives the layout to put in the solve context).
-Other backends register themselves with `register_scheme`. Engines are cached per URI, so a process
+Other backends register themselves with `register_scheme`, in code or from a plug-in: the first time
+a URI names a scheme not registered, every entry point of the group `ttc.engines` (a function that
+calls `register_scheme`) is run, once per process. The testbed's `testbed:NAME` (the checkpoints
+shipped with the package) is one, declared in pyproject.toml. Engines are cached per URI, so a process
 loads each model once. Credentials in a URI (`openai:http://user:KEY@host/v1#m`, `?api_key=`) never
 reach a message or an engine's `.uri`: both go through `masked_uri`.
 """
@@ -24,7 +26,9 @@ reach a message or an engine's `.uri`: both go through `masked_uri`.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import importlib.util
+import logging
 import os
 import re
 import threading
@@ -36,12 +40,17 @@ from urllib.parse import parse_qsl
 from ttc_nodes.engines.base import EngineError, Proposer, Verifier
 from ttc_nodes.prompts import DEFAULT_FORMAT, PromptFormat
 
+log = logging.getLogger(__name__)
+
 Loader = Callable[[str, dict[str, str], str], Any]
+ENTRY_POINTS = "ttc.engines"  # the entry-point group of plug-in schemes
 
 _proposer_loaders: dict[str, Loader] = {}
 _verifier_loaders: dict[str, Loader] = {}
 _cache: dict[tuple[str, str], Any] = {}
 _lock = threading.RLock()  # re-entrant: a `judge:` loader loads the proposer it wraps
+_plugins_loaded = False
+_plugin_failures: dict[str, str] = {}  # entry point → why it could not register its schemes
 
 # `//userinfo@` of every URL in the text: the authority runs to the next `/`, `?` or `#`, and its last
 # `@` ends the userinfo (so an unescaped `@` in a password is hidden too).
@@ -66,10 +75,11 @@ def masked_uri(uri: str) -> str:
 
 def register_scheme(scheme: str, *, proposer: Loader | None = None, verifier: Loader | None = None) -> None:
     """Teach `load_proposer` / `load_verifier` a new URI scheme. A loader gets (location, options, uri)."""
-    if proposer is not None:
-        _proposer_loaders[scheme] = proposer
-    if verifier is not None:
-        _verifier_loaders[scheme] = verifier
+    with _lock:
+        if proposer is not None:
+            _proposer_loaders[scheme] = proposer
+        if verifier is not None:
+            _verifier_loaders[scheme] = verifier
 
 
 def parse_uri(uri: str) -> tuple[str, str, dict[str, str]]:
@@ -83,25 +93,46 @@ def parse_uri(uri: str) -> tuple[str, str, dict[str, str]]:
 
 def _load(kind: str, loaders: dict[str, Loader], uri: str) -> Any:
     scheme, location, options = parse_uri(uri)
-    if scheme not in loaders:
-        known = ", ".join(sorted(loaders)) or "none"
-        raise ValueError(f"unknown {kind} scheme {scheme!r} in {masked_uri(uri)!r}; known schemes: {known}")
     with _lock:
+        _ensure_builtin_schemes()
+        if scheme not in loaders:
+            _load_plugins()
+        if scheme not in loaders:
+            known = ", ".join(sorted(loaders)) or "none"
+            broken = "".join(f"; plug-in {name!r} failed: {why}" for name, why in _plugin_failures.items())
+            raise ValueError(f"unknown {kind} scheme {scheme!r} in {masked_uri(uri)!r}; known schemes: {known}{broken}")
         if (kind, uri) not in _cache:
             _cache[(kind, uri)] = loaders[scheme](location, options, uri)
         return _cache[(kind, uri)]
 
 
+def _load_plugins() -> None:
+    """Run each `ttc.engines` entry point once per process (under `_lock`). A scheme registered in
+    code, or built in, stays as it was; a plug-in that fails is logged and named when its scheme is
+    asked for."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    before = dict(_proposer_loaders), dict(_verifier_loaders)
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        try:
+            entry.load()()
+        except Exception as error:  # a broken plug-in must not hide the schemes of the others
+            _plugin_failures[entry.name] = " ".join(f"{type(error).__name__}: {error}".split())  # one line
+            log.warning("engine plug-in %r (%s) failed to register: %s", entry.name, entry.value, error)
+    _proposer_loaders.update(before[0])
+    _verifier_loaders.update(before[1])
+
+
 def load_proposer(uri: str) -> Proposer:
     """The proposer (or reviser) engine a URI names, loaded once per process."""
-    _ensure_builtin_schemes()
     engine: Proposer = _load("proposer", _proposer_loaders, uri)
     return engine
 
 
 def load_verifier(uri: str) -> Verifier:
     """The verifier (PRM) engine a URI names, loaded once per process."""
-    _ensure_builtin_schemes()
     engine: Verifier = _load("verifier", _verifier_loaders, uri)
     return engine
 
@@ -123,7 +154,9 @@ def _flag(value: str) -> bool:
     raise ValueError(f"{value!r} is not a yes/no flag (1 or 0)")
 
 
-def _hf_proposer(location: str, options: dict[str, str], uri: str, gguf_file: str | None = None) -> Any:
+def hf_proposer(location: str, options: dict[str, str], uri: str, gguf_file: str | None = None) -> Any:
+    """The `hf:` loader: a transformers causal LM at `location` (for plug-ins whose models are local
+    checkpoints: the engine's `.uri` is `uri`, masked)."""
     from ttc_nodes.engines.hf import HFProposer
 
     own = _typed_options(options, {**_ENGINE_OPTIONS, "chat": _flag})
@@ -148,10 +181,11 @@ def _gguf_proposer(location: str, options: dict[str, str], uri: str) -> Any:
         raise EngineError(
             f"{masked_uri(uri)}: reading GGUF files through transformers needs: pip install {' '.join(missing)}"
         )
-    return _hf_proposer(str(file.parent), options, uri, gguf_file=file.name)
+    return hf_proposer(str(file.parent), options, uri, gguf_file=file.name)
 
 
-def _hf_verifier(location: str, options: dict[str, str], uri: str) -> Any:
+def hf_verifier(location: str, options: dict[str, str], uri: str) -> Any:
+    """The `hf:` verifier loader: the PRM at `location` in the layout `?format=` names."""
     from ttc_nodes.engines.hf import HFValueHeadPRM
     from ttc_nodes.engines.prm import PRM_FORMATS, StepTagPRM
 
@@ -249,25 +283,11 @@ def _judge_verifier(location: str, options: dict[str, str], uri: str) -> Any:
     return JudgePRM(proposer, uri=uri, **{key.removeprefix("judge_"): value for key, value in typed.items()})
 
 
-def _testbed_proposer(location: str, options: dict[str, str], uri: str) -> Any:
-    from ttc_nodes.testbed.checkpoints import checkpoint_path
-
-    return _hf_proposer(str(checkpoint_path(location)), options, uri)
-
-
-def _testbed_verifier(location: str, options: dict[str, str], uri: str) -> Any:
-    from ttc_nodes.testbed.checkpoints import checkpoint_path
-
-    return _hf_verifier(str(checkpoint_path(location)), options, uri)
-
-
 def _ensure_builtin_schemes() -> None:
-    _proposer_loaders.setdefault("hf", _hf_proposer)
+    _proposer_loaders.setdefault("hf", hf_proposer)
     _proposer_loaders.setdefault("gguf", _gguf_proposer)
-    _proposer_loaders.setdefault("testbed", _testbed_proposer)
     _proposer_loaders.setdefault("openai", _openai_proposer)
     _proposer_loaders.setdefault("vllm", _vllm_proposer)
-    _verifier_loaders.setdefault("hf", _hf_verifier)
-    _verifier_loaders.setdefault("testbed", _testbed_verifier)
+    _verifier_loaders.setdefault("hf", hf_verifier)
     _verifier_loaders.setdefault("judge", _judge_verifier)
     _verifier_loaders.setdefault("vllm", _vllm_verifier)

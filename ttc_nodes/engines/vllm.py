@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ttc_nodes.engines.base import Completion, EngineError, check_fits
+from ttc_nodes.engines.batched import BatchedProposer, Row, Sampling
 from ttc_nodes.engines.uris import masked_uri
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,11 @@ class PrefixCacheStats:
         return PrefixCacheStats(self.prompt_tokens - other.prompt_tokens, self.cached_tokens - other.cached_tokens)
 
 
-class VLLMProposer:
+class VLLMProposer(BatchedProposer):
     """Samples with vLLM's offline `LLM`, one batched engine call per `generate`."""
+
+    one_row_per_sample = False  # a request asks for its n samples (vLLM refuses n > 1 without sampling)
+    max_batch = None  # the whole round in one `LLM.generate`: vLLM schedules it
 
     def __init__(
         self,
@@ -98,39 +102,24 @@ class VLLMProposer:
         """Totals since the engine was built: subtract two snapshots to measure a stretch of work."""
         return self._cache
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        n: int,
-        *,
-        max_tokens: int,
-        temperature: float,
-        stop: Sequence[str] = (),
-        seed: int | None = None,
-    ) -> list[list[Completion]]:
+    def _generate_batch(self, rows: Sequence[Row], sampling: Sampling) -> list[list[Completion]]:
         from vllm import SamplingParams
 
-        if n < 1 or max_tokens < 1:
-            raise ValueError(f"n and max_tokens must be >= 1, got n={n}, max_tokens={max_tokens}")
-        if not prompts:
-            return []
-        # Greedy samples are all the same sequence (and vLLM refuses n > 1 without sampling): ask for one.
-        asked = 1 if temperature == 0 else n
-        stops = [s for s in stop if s] or None
+        stops = [s for s in sampling.stop if s] or None
         with self._lock:
-            token_prompts = [self._encode(prompt) for prompt in prompts]
+            token_prompts = [self._encode(row.prompt) for row in rows]
             params = [
                 SamplingParams(
-                    n=asked,
-                    temperature=temperature,
+                    n=sampling.samples,
+                    temperature=sampling.temperature,
                     top_p=1.0,
                     top_k=0,
-                    max_tokens=max_tokens,  # vLLM ends a sample at max_model_len if that comes first
+                    max_tokens=sampling.max_tokens,  # vLLM ends a sample at max_model_len if that comes first
                     stop=stops,
-                    seed=_prompt_seed(seed, index),
+                    seed=_prompt_seed(sampling.seed, row.position),
                     logprobs=0,
                 )
-                for index in range(len(prompts))
+                for row in rows
             ]
             try:
                 outputs = self.llm.generate(
@@ -139,8 +128,7 @@ class VLLMProposer:
             except Exception as error:  # a request vLLM refuses fails the whole call
                 raise EngineError(f"{self.uri}: vllm failed the batch: {type(error).__name__}: {error}") from error
             self._count_cache(outputs)
-        rows = [[_completion(sample, len(output.prompt_token_ids)) for sample in output.outputs] for output in outputs]
-        return [row[:asked] * (n // asked) for row in rows]
+        return [[_completion(sample, len(output.prompt_token_ids)) for sample in output.outputs] for output in outputs]
 
     def _encode(self, prompt: str) -> list[int]:
         ids = list(self.llm.get_tokenizer().encode(prompt, add_special_tokens=False))

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ttc_nodes.engines.base import EngineError, Scored, check_fits
-from ttc_nodes.engines.hf import prm_inputs
 from ttc_nodes.engines.prm import NEUTRAL, keep_tail, single_token, step_tag_text, tokens_at
+from ttc_nodes.engines.transformers_io import prm_inputs
 from ttc_nodes.engines.uris import masked_uri
 from ttc_nodes.engines.vllm import counted_parameters, engine_options, load_llm, model_location
 from ttc_nodes.prompts import DEFAULT_FORMAT, PromptFormat, check_question_size

@@ -5,26 +5,28 @@ token: for a 0.4M-parameter model that copying, not the arithmetic, is most of t
 grows with the batch. This sampler runs the same transformers modules (norms, projections, rotary
 embedding, MLP) over a preallocated cache written in place, and drops finished rows from the
 batch as it goes, so answers of very different lengths (a 1-step and a 12-step problem) cost what
-they are. It follows the `Proposer.generate` signature for the calls training makes (no stop
+they are. Its `generate` is the engines' (`BatchedProposer`), for the calls training makes (no stop
 strings: answers end at end-of-sequence or `max_tokens`). `benchmarks/testbed_sampler.py`
 measures it against `HFProposer`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from ttc_nodes.engines.base import Completion
+from ttc_nodes.engines.batched import BatchedProposer, Row, Sampling
 
 PREFILL_SCORES = 16_000_000  # attention scores computed at once while reading prompts (64 MB in float32)
 
 
-class CachedSampler:
+class CachedSampler(BatchedProposer):
     """Ancestral sampling (or greedy at temperature 0) from a `LlamaForCausalLM`."""
+
+    max_batch: int
 
     def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 512) -> None:
         if max_batch < 1:
@@ -39,24 +41,19 @@ class CachedSampler:
         self.max_positions = config.max_position_embeddings
         self.eos = tokenizer.eos_token_id
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        n: int,
-        *,
-        max_tokens: int,
-        temperature: float,
-        seed: int | None = None,
-    ) -> list[list[Completion]]:
-        if n < 1 or max_tokens < 1:
-            raise ValueError(f"n and max_tokens must be >= 1, got n={n}, max_tokens={max_tokens}")
-        rows = [prompt for prompt in prompts for _ in range(n)]
+    def _run(self, batches: list[list[Row]], sampling: Sampling) -> list[list[Completion]]:
+        if sampling.stop:
+            raise ValueError("CachedSampler does not cut answers at stop strings: they end at end-of-sequence")
+        # A generator of the call's own leaves the global RNG alone; no seed samples as seed 0 does.
         generator = torch.Generator(device=self.model.device)
-        generator.manual_seed(0 if seed is None else seed)
-        completions: list[Completion] = []
-        for start in range(0, len(rows), self.max_batch):
-            completions.extend(self._batch(rows[start : start + self.max_batch], max_tokens, temperature, generator))
-        return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
+        generator.manual_seed(0 if sampling.seed is None else sampling.seed)
+        return [
+            [completion]
+            for batch in batches
+            for completion in self._batch(
+                [row.prompt for row in batch], sampling.max_tokens, sampling.temperature, generator
+            )
+        ]
 
     @torch.inference_mode()
     def _batch(

@@ -39,7 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from torch.nn import functional as F
 
 from ttc_nodes.engines.confidence import running_confidence
-from ttc_nodes.engines.hf import prm_inputs, quiet_transformers, right_pad
+from ttc_nodes.engines.transformers_io import prm_inputs, quiet_transformers, right_pad
 from ttc_nodes.prompts import DEFAULT_FORMAT
 from ttc_nodes.testbed import task
 from ttc_nodes.testbed.model import (
