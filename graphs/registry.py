@@ -1,7 +1,10 @@
-"""Strategies by name: each a settings model and a builder of its compiled graph.
+"""Strategies by name: each a settings model, a builder of its compiled graph, and what it needs.
 
 A user strategy is a builder plus a settings model, registered once; it is then run, budgeted and
-traced exactly like a built-in one.
+traced exactly like a built-in one. It declares what it needs beyond a proposer: a reviser, step-wise
+search, or none but one vote over N independent samples (`pool_vote`), which lets calibration read
+it off one shared pool. Strategies of installed packages (entry points of group `ttc.strategies`)
+are found on first use; others are loaded with `graphs.plugins.load_plugins`.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
@@ -26,6 +29,7 @@ from graphs.settings import (
     StrategySettings,
     WeightedBestOfNSettings,
 )
+from ttc_nodes.vote import VoteMethod
 
 
 class UnknownStrategy(KeyError):
@@ -43,6 +47,16 @@ class Strategy:
     settings: type[StrategySettings]
     build: Callable[[Any], StrategyGraph]
     summary: str
+    reviser: bool = False
+    """Revises answers: a reviser engine is loaded for it."""
+    stepwise: bool = False
+    """Searches over solution steps (the proposer is asked for one step at a time)."""
+    pool_vote: VoteMethod | None = None
+    """Its answer is this one vote over N independent samples, so it can be read off a shared pool."""
+
+    def needs_verifier(self, settings: StrategySettings) -> bool:
+        """Whether a PRM is loaded: the settings say (majority, or revisions selected by vote, need none)."""
+        return settings.needs_verifier
 
     def configure(self, values: Mapping[str, Any]) -> StrategySettings:
         """Validated settings from user values; errors name the field and the strategy."""
@@ -60,18 +74,43 @@ _strategies: dict[str, Strategy] = {}
 
 
 def register(
-    name: str, settings: type[StrategySettings], build: Callable[[Any], StrategyGraph], summary: str = ""
+    name: str,
+    settings: type[StrategySettings],
+    build: Callable[[Any], StrategyGraph],
+    summary: str = "",
+    *,
+    reviser: bool = False,
+    stepwise: bool = False,
+    pool_vote: VoteMethod | None = None,
 ) -> Strategy:
-    """Make a strategy available by name to the CLI, the flows and `get`."""
-    strategy = Strategy(name, settings, build, summary or (build.__doc__ or "").strip().split("\n")[0])
+    """Make a strategy available by name to the CLI, the flows and `get`, with what it needs."""
+    if pool_vote is not None and pool_vote not in get_args(VoteMethod):
+        raise ValueError(f"pool_vote of {name!r} must be one of {', '.join(get_args(VoteMethod))}, got {pool_vote!r}")
+    summary = summary or (build.__doc__ or "").strip().split("\n")[0]
+    strategy = Strategy(name, settings, build, summary, reviser=reviser, stepwise=stepwise, pool_vote=pool_vote)
     _strategies[name] = strategy
     _compiled.cache_clear()
     return strategy
 
 
+def unregister(name: str) -> None:
+    """Forget a registered strategy (a no-op for a name never registered)."""
+    _strategies.pop(name, None)
+    _compiled.cache_clear()
+
+
 def get(name: str) -> Strategy:
+    """The strategy called `name`; an unknown name first loads the installed plug-ins' strategies."""
     if name not in _strategies:
-        raise UnknownStrategy(f"unknown strategy {name!r}; known: {', '.join(sorted(_strategies))}")
+        from graphs.plugins import entry_point_failures, load_entry_points  # they register here
+
+        load_entry_points()
+        if name not in _strategies:
+            broken = "".join(f"; plug-in {p} failed: {why}" for p, why in entry_point_failures().items())
+            raise UnknownStrategy(
+                f"unknown strategy {name!r}; known: {', '.join(sorted(_strategies))}; "
+                f"a strategy of your own loads with --plugin MODULE{broken}"
+            )
     return _strategies[name]
 
 
@@ -93,21 +132,41 @@ def compile_graph(name: str, settings: StrategySettings) -> StrategyGraph:
     return _compiled(name, settings)
 
 
-register("majority", MajoritySettings, majority.build, "sample N answers, majority vote (no verifier)")
-register("best_of_n", BestOfNSettings, best_of_n.build, "sample N answers, keep the highest PRM score")
+register(
+    "majority", MajoritySettings, majority.build, "sample N answers, majority vote (no verifier)", pool_vote="majority"
+)
+register(
+    "best_of_n",
+    BestOfNSettings,
+    best_of_n.build,
+    "sample N answers, keep the highest PRM score",
+    pool_vote="best_of_n",
+)
 register(
     "best_of_n_weighted",
     WeightedBestOfNSettings,
     best_of_n.build,
     "sample N answers, sum PRM scores per answer, keep the largest sum",
+    pool_vote="weighted",
 )
-register("beam", BeamSettings, beam_search.build, "beam search over steps: keep N/M prefixes, expand each M times")
-register("lookahead", LookaheadSettings, lookahead.build, "beam search scored after a k-step greedy rollout")
-register("dvts", DVTSSettings, dvts.build, "N/M independent subtrees, each grown greedily by PRM score")
-register("revisions", RevisionSettings, revisions.build, "chains of revisions, selected across each chain")
+register(
+    "beam",
+    BeamSettings,
+    beam_search.build,
+    "beam search over steps: keep N/M prefixes, expand each M times",
+    stepwise=True,
+)
+register(
+    "lookahead", LookaheadSettings, lookahead.build, "beam search scored after a k-step greedy rollout", stepwise=True
+)
+register("dvts", DVTSSettings, dvts.build, "N/M independent subtrees, each grown greedily by PRM score", stepwise=True)
+register(
+    "revisions", RevisionSettings, revisions.build, "chains of revisions, selected across each chain", reviser=True
+)
 register(
     "particle_filtering",
     ParticleFilteringSettings,
     particle_filtering.build,
     "N partial solutions resampled each step by PRM weight",
+    stepwise=True,
 )

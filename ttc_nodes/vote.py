@@ -55,6 +55,16 @@ def vote(candidates: Sequence[Candidate], method: VoteMethod) -> Selection:
     return Selection(answer=members[winner][0].answer, chosen=best.key, votes=votes)
 
 
+def vote_samples(samples: Sequence[tuple[str | None, float | None]], method: VoteMethod) -> Selection:
+    """`vote` over bare (answer, score) samples, such as a pool read back from a trace; a missing
+    score counts as 0. `int(selection.chosen)` is the index of the chosen sample."""
+    candidates = [
+        Candidate(f"{i}", None, (), "", 0, "answer", True, answer, score=score if score is not None else 0.0)
+        for i, (answer, score) in enumerate(samples)
+    ]
+    return vote(candidates, method)
+
+
 def hierarchical_vote(chains: Sequence[Sequence[Candidate]]) -> Selection:
     """Best-of-N weighted inside each revision chain, then across the chain winners.
 

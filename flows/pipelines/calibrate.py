@@ -1,21 +1,25 @@
 """The `calibrate` flow: learn a compute-optimal policy θ*(difficulty bin, budget) on a
-calibration dataset (Snell et al. 2024, §3–§4).
+calibration dataset (Snell et al. 2024, §3–§4), in five phases:
 
 1. Sample one pool of answers per prompt (as many as the largest budget) and score it with the PRM.
-   Best-of-N (plain and weighted) and majority at every N are read off that pool by averaging over
-   random subsets of size N, so no budget re-samples anything.
-2. Run every search / revision plan of the grid at every budget it is valid for.
-3. Bin prompts by difficulty (predicted: mean PRM score of the first K pool samples; or oracle:
-   pass@1 over the pool) into quintiles, and fit θ*(bin, N) with two-fold cross-validation inside
-   each bin. The policy goes to the database and a JSON file.
+2. Read the pool plans off that pool: every strategy whose answer is one vote over N samples
+   (majority, best-of-N, best-of-N weighted, and any user strategy registered with `pool_vote`) is
+   scored at each N by averaging over random N-subsets, so no budget re-samples anything.
+3. Run every search / revision plan of the grid at every budget it is valid for.
+4. Bin prompts by difficulty (predicted: mean PRM score of the first K pool samples; or oracle:
+   pass@1 over the pool) into quantiles.
+5. Fit θ*(bin, N) with two-fold cross-validation inside each bin; the policy goes to the database
+   and a JSON file, the report to Prefect artifacts.
+
+Every solve is traced in a run named after the calibration, so a re-run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import fmean
@@ -27,98 +31,46 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from db import queries
 from db.recorder import Recorder
 from db.session import connect
-from flows.pipelines.evaluate import estimate_difficulty, run_all, solve_prompt, unsolved
+from flows.pipelines.evaluate import run_all, solve_prompt, unsolved
 from flows.pipelines.plots import plot_policy
 from flows.policy import Plan, Policy, assign_bin, fit_policy, quantile_thresholds
+from flows.policy.grid import plan_grid, pool_plans, subset_accuracy, valid_at
 from flows.service.config import ModelSettings
 from flows.service.datasets import Problem, load_dataset
 from flows.service.solving import engines_for, masked_models
 from graphs import registry
-from graphs.registry import SettingsError
+from graphs.plugins import load_plugins
 from graphs.settings import MAX_BUDGET
 from ttc_nodes.answers import is_correct
-from ttc_nodes.state import Candidate
-from ttc_nodes.vote import VoteMethod, vote
 
-POOL_PLANS: dict[str, VoteMethod] = {
-    "best_of_n_weighted": "weighted",
-    "best_of_n": "best_of_n",
-    "majority": "majority",
-}
-SEARCH_PLANS: dict[str, tuple[str, dict[str, Any]]] = {
-    "beam M=sqrt": ("beam", {}),
-    "beam M=4": ("beam", {"beam_width": 4}),
-    "lookahead k=1": ("lookahead", {"lookahead": 1}),
-    "lookahead k=3": ("lookahead", {"lookahead": 3}),
-    "dvts": ("dvts", {}),
-    "revisions sequential": ("revisions", {"chains": 1}),
-    "revisions chains=4": ("revisions", {"chains": 4}),
-}
-DEFAULT_PLANS = [*POOL_PLANS, "beam M=sqrt", "beam M=4", "lookahead k=1", "dvts", "revisions sequential"]
+POOL_STRATEGY = "best_of_n_weighted"
+"""The strategy that samples and scores each prompt's pool."""
+
+Pools = dict[str, tuple[list[tuple[str | None, float | None]], str | None]]
+"""Problem key -> the pool's (answer, score) samples in sampling order, and the reference."""
+Outcomes = dict[tuple[str, str, int], float]
+"""(problem key, plan label, budget) -> accuracy of that plan on that prompt at that budget."""
 
 
-def plan_of(label: str) -> Plan:
-    if label in POOL_PLANS:
-        return Plan(strategy=label, settings={}, label=label)
-    if label in SEARCH_PLANS:
-        strategy, settings = SEARCH_PLANS[label]
-        return Plan(strategy=strategy, settings=settings, label=label)
-    known = ", ".join([*POOL_PLANS, *SEARCH_PLANS])
-    raise ValueError(f"unknown plan {label!r}; known plans: {known}")
+@dataclass(frozen=True)
+class Calibration:
+    """A `calibrate` request checked whole before anything is written: the sorted budgets, the plan
+    grid (shared settings merged in), the engines, the problems, and the values of each prompt's
+    pool solve (its size and the shared settings the pool strategy takes)."""
 
+    dataset: str
+    difficulty_samples: int
+    budgets: list[int]
+    plans: dict[str, Plan]
+    engines: ModelSettings
+    problems: list[Problem]
+    pool: dict[str, Any]
+    settings: dict[str, Any]
 
-def valid_at(plan: Plan, budget: int) -> bool:
-    """Whether the plan's settings make sense at this budget (e.g. M=4 needs 4 | N)."""
-    try:
-        registry.get(plan.strategy).configure({**plan.settings, "budget": budget})
-    except SettingsError:
-        return False
-    return True
-
-
-def subset_accuracy(
-    samples: Sequence[tuple[str | None, float | None]],
-    correct: Sequence[bool],
-    budget: int,
-    method: VoteMethod,
-    subsets: int,
-    seed: int,
-) -> float:
-    """Expected accuracy of a vote over N samples, estimated from random N-subsets of one pool."""
-    pool = [
-        Candidate(f"{i}", None, ("",), "", 1, "answer", True, answer, score=score if score is not None else 0.0)
-        for i, (answer, score) in enumerate(samples)
-    ]
-    truth = {c.key: ok for c, ok in zip(pool, correct, strict=True)}
-    rng = random.Random(seed)
-    draws = 1 if budget >= len(pool) else subsets
-    hits = []
-    for _ in range(draws):
-        chosen = pool if budget >= len(pool) else rng.sample(pool, budget)
-        selection = vote(chosen, method)
-        hits.append(truth[selection.chosen] if selection.chosen is not None else False)
-    return fmean(hits)
-
-
-def pool_samples(
-    database: str | None, run_id: str
-) -> dict[str, tuple[list[tuple[str | None, float | None]], str | None]]:
-    """Per problem key: the pool's (answer, score) samples in sampling order, and the reference."""
-    with connect(database)() as session:
-        traces = queries.trace_of(session, run_id)
-    pools = {}
-    for trace in traces:
-        if trace.status != "done":
-            continue
-        scores = {s.candidate_key: s.value for s in sorted(trace.scores, key=lambda s: s.id)}
-        answers = sorted((c for c in trace.candidates if c.kind == "answer"), key=lambda c: int(c.key.split(".")[1]))
-        pools[trace.problem.key] = ([(c.answer, scores.get(c.key)) for c in answers], trace.problem.reference)
-    return pools
-
-
-def run_correctness(database: str | None, run_id: str) -> dict[str, float]:
-    with connect(database)() as session:
-        return {t.problem.key: float(bool(t.correct)) for t in queries.trace_of(session, run_id) if t.status == "done"}
+    def run_config(self, **config: Any) -> dict[str, Any]:
+        """What a calibration run is bound to; the shared settings only when given, so runs of
+        calibrations without them resume as before."""
+        return {"flow": "calibrate", **config, **({"settings": self.settings} if self.settings else {})}
 
 
 def prepare(
@@ -131,27 +83,40 @@ def prepare(
     models: dict[str, Any] | None = None,
     limit: int | None = None,
     shard: str | None = None,
-    seed: int | None = None,
-    bad_lines: str = "fail",
+    subset_seed: int | None = None,
+    skip_bad_lines: bool = False,
+    settings: Mapping[str, Any] | None = None,
     warn: Any = None,
-) -> tuple[list[int], dict[str, Plan], ModelSettings, list[Problem]]:
-    """Check a calibration request whole before anything is written: budgets, plans, bins, engines
-    and a dataset with references. The sorted budgets, the plan grid, the engines and the problems."""
+) -> Calibration:
+    """Check a calibration request whole before anything is written: budgets, plans and their
+    shared settings, bins, engines and a dataset with references."""
     if not budgets or min(budgets) < 1 or max(budgets) > MAX_BUDGET:
         raise ValueError(f"budgets must be a non-empty list of integers in 1..{MAX_BUDGET}, got {list(budgets)}")
     if bins < 1 or difficulty_samples < 1:
         raise ValueError(f"--bins and --difficulty-samples must be >= 1, got {bins} and {difficulty_samples}")
-    grid = {label: plan_of(label) for label in (plans or DEFAULT_PLANS)}
+    shared = dict(settings or {})
+    grid = plan_grid(plans, shared)
     engines = ModelSettings(**(models or {}))
-    pool = registry.get("best_of_n_weighted").configure({"budget": max(max(budgets), difficulty_samples)})
-    engines_for("best_of_n_weighted", pool, engines)
+    pooling = registry.get(POOL_STRATEGY)
+    pool = {
+        **{key: value for key, value in shared.items() if key in pooling.settings.model_fields},
+        "budget": max(max(budgets), difficulty_samples),
+    }
+    engines_for(POOL_STRATEGY, pooling.configure(pool), engines)
     for plan in grid.values():
         for n in budgets:
             if valid_at(plan, n):
                 engines_for(
                     plan.strategy, registry.get(plan.strategy).configure({**plan.settings, "budget": n}), engines
                 )
-    problems = load_dataset(dataset, limit=limit, shard=shard, seed=seed, bad_lines=bad_lines, warn=warn)  # type: ignore[arg-type]
+    problems = load_dataset(
+        dataset,
+        limit=limit,
+        shard=shard,
+        seed=subset_seed,
+        bad_lines="skip" if skip_bad_lines else "fail",
+        warn=warn,
+    )
     if any(p.reference is None for p in problems):
         raise ValueError("calibration needs reference answers for every prompt")
     if len(problems) < 2 * bins:
@@ -159,7 +124,7 @@ def prepare(
             f"two-fold cross-validation in {bins} difficulty bins needs at least {2 * bins} prompts; "
             f"the dataset gives {len(problems)} (use more prompts or fewer --bins)"
         )
-    return sorted(set(budgets)), grid, engines, problems
+    return Calibration(dataset, difficulty_samples, sorted(set(budgets)), grid, engines, problems, pool, shared)
 
 
 @flow(name="calibrate", log_prints=False, validate_parameters=True)
@@ -177,12 +142,18 @@ def calibrate(
     run_name: str | None = None,
     limit: int | None = None,
     shard: str | None = None,
-    seed: int | None = None,
-    bad_lines: str = "fail",
+    subset_seed: int | None = None,
+    skip_bad_lines: bool = False,
+    settings: dict[str, Any] | None = None,
+    summary: str | None = None,
+    plugins: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Fit a compute-optimal policy on `dataset` and write it to `out` (and the database)."""
+    """Fit a compute-optimal policy on `dataset` and write it to `out` (and the database); the
+    report also to `summary` when given. `settings` apply to every plan; `plugins` are imported
+    first (graphs.plugins.load_plugins), so a worker knows the user strategies the plans name."""
+    load_plugins(plugins or [])
     logger = get_run_logger()
-    budgets, grid, engines, problems = prepare(
+    request = prepare(
         dataset,
         budgets=budgets,
         plans=plans,
@@ -191,50 +162,85 @@ def calibrate(
         models=models,
         limit=limit,
         shard=shard,
-        seed=seed,
-        bad_lines=bad_lines,
+        subset_seed=subset_seed,
+        skip_bad_lines=skip_bad_lines,
+        settings=settings,
         warn=logger.warning,
     )
     name = run_name or f"calibrate-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     recorder = Recorder(connect(database))
-    pool_size = max(max(budgets), difficulty_samples)
 
-    pool_run = recorder.open_run(f"{name}/pool", {"flow": "calibrate", "dataset": dataset, "pool": pool_size})
-    todo = unsolved(recorder, pool_run, problems)
+    pools, pool_failures = sample_pools(request, name, recorder, database)
+    outcomes = read_pool_plans(pools, request, subsets)
+    searched, search_failures = run_search_plans(request, name, recorder, database)
+    thresholds, bin_of = bin_by_difficulty(pools, difficulty, difficulty_samples, bins)
+    report = fit_and_save({**outcomes, **searched}, thresholds, bin_of, request, difficulty, name, out, recorder)
+
+    logger.info("policy %s written to %s", name, out)
+    result = {"policy": name, "out": out, "prompts": len(bin_of), "failed": pool_failures + search_failures, **report}
+    if summary:
+        Path(summary).write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def sample_pools(request: Calibration, name: str, recorder: Recorder, database: str | None) -> tuple[Pools, int]:
+    """Phase 1: sample and score one pool per prompt, in the run `{name}/pool` (resumed by name).
+    The pools of the prompts solved, and how many prompts failed."""
+    run_id = recorder.open_run(f"{name}/pool", request.run_config(dataset=request.dataset, pool=request.pool["budget"]))
+    todo = unsolved(recorder, run_id, request.problems)
     _, errors = run_all(
-        [estimate_difficulty.submit(p, pool_size, engines, database, pool_run) for p in todo], "answer pools"
+        [solve_prompt.submit(p, POOL_STRATEGY, request.pool, request.engines, database, run_id) for p in todo],
+        "answer pools",
     )
-    failed = len(errors)
-    recorder.close_run(pool_run, "partial" if errors else "done")
-    pools = pool_samples(database, pool_run)
+    recorder.close_run(run_id, "partial" if errors else "done")
+    return pool_samples(database, run_id), len(errors)
 
-    outcomes: dict[tuple[str, str, int], float] = {}
+
+def read_pool_plans(pools: Pools, request: Calibration, subsets: int) -> Outcomes:
+    """Phase 2: the accuracy of every pool plan of the grid at every budget, read off the pools."""
+    pooled = pool_plans()
+    votes = {label: pooled[label] for label in request.plans if label in pooled}
+    outcomes: Outcomes = {}
     for key, (samples, reference) in pools.items():
         correct = [bool(is_correct(answer, reference)) for answer, _ in samples]
-        for label in grid:
-            if label in POOL_PLANS:
-                for n in budgets:
-                    outcomes[(key, label, n)] = subset_accuracy(
-                        samples, correct, n, POOL_PLANS[label], subsets, zlib.crc32(f"{key}|{n}".encode())
-                    )
-    for label, plan in grid.items():
-        if label in POOL_PLANS:
+        for label, method in votes.items():
+            for n in request.budgets:
+                seed = zlib.crc32(f"{key}|{n}".encode())
+                outcomes[(key, label, n)] = subset_accuracy(samples, correct, n, method, subsets, seed)
+    return outcomes
+
+
+def run_search_plans(request: Calibration, name: str, recorder: Recorder, database: str | None) -> tuple[Outcomes, int]:
+    """Phase 3: run every other plan at every budget it is valid for, each in the run
+    `{name}/{label}/{N}` (resumed by name). Their per-prompt correctness, and how many solves failed."""
+    outcomes: Outcomes = {}
+    failed = 0
+    votes = pool_plans()
+    for label, plan in request.plans.items():
+        if label in votes:
             continue
-        for n in budgets:
+        for n in request.budgets:
             if not valid_at(plan, n):
                 continue
-            run_id = recorder.open_run(f"{name}/{label}/{n}", {"flow": "calibrate", "plan": label, "budget": n})
+            run_id = recorder.open_run(f"{name}/{label}/{n}", request.run_config(plan=label, budget=n))
             values = {**plan.settings, "budget": n}
-            todo = unsolved(recorder, run_id, problems)
+            todo = unsolved(recorder, run_id, request.problems)
             _, errors = run_all(
-                [solve_prompt.submit(p, plan.strategy, values, engines, database, run_id) for p in todo],
+                [solve_prompt.submit(p, plan.strategy, values, request.engines, database, run_id) for p in todo],
                 f"{label} N={n}",
             )
             failed += len(errors)
             recorder.close_run(run_id, "partial" if errors else "done")
             for key, correct_value in run_correctness(database, run_id).items():
                 outcomes[(key, label, n)] = correct_value
+    return outcomes, failed
 
+
+def bin_by_difficulty(
+    pools: Pools, difficulty: Literal["predicted", "oracle"], difficulty_samples: int, bins: int
+) -> tuple[list[float], dict[str, int]]:
+    """Phase 4: cut the prompts with a pool into `bins` quantiles of difficulty. The cut points, and
+    each prompt's bin (1 easiest)."""
     keys = sorted(pools)
     if len(keys) < 2 * bins:
         raise ValueError(
@@ -250,29 +256,65 @@ def calibrate(
         for key in keys
     }
     thresholds = quantile_thresholds([values_of[k] for k in keys], bins)
-    bin_of = {key: assign_bin(values_of[key], thresholds) for key in keys}
-    fit = fit_policy({k: v for k, v in outcomes.items() if k[0] in bin_of}, bin_of)
+    return thresholds, {key: assign_bin(values_of[key], thresholds) for key in keys}
+
+
+def fit_and_save(
+    outcomes: Outcomes,
+    thresholds: list[float],
+    bin_of: Mapping[str, int],
+    request: Calibration,
+    difficulty: Literal["predicted", "oracle"],
+    name: str,
+    out: str,
+    recorder: Recorder,
+) -> dict[str, Any]:
+    """Phase 5: fit θ*(bin, N) by two-fold cross-validation inside each bin; write the policy to `out`
+    and the database, plot it, publish the report as artifacts and return it."""
+    fit = fit_policy({k: v for k, v in outcomes.items() if k[0] in bin_of}, dict(bin_of))
     policy = Policy(
         difficulty=difficulty,
-        difficulty_samples=difficulty_samples,
+        difficulty_samples=request.difficulty_samples,
         thresholds=thresholds,
-        plans=grid,
+        plans=request.plans,
         fit=fit,
-        budgets=budgets,
+        budgets=request.budgets,
         calibration={
-            "dataset": dataset,
+            "dataset": request.dataset,
             "run_name": name,
-            "prompts": len(keys),
-            "models": masked_models(engines),
+            "prompts": len(bin_of),
+            "models": masked_models(request.engines),
             "created_at": datetime.now(UTC).isoformat(),
+            **({"settings": request.settings} if request.settings else {}),
         },
     )
     policy.save(Path(out))
     recorder.save_policy(name, policy.model_dump(mode="json"))
-    report = {**efficiency_report(policy, budgets), "plot": str(plot_policy(policy, Path(out).with_suffix(".png")))}
+    report = {
+        **efficiency_report(policy, request.budgets),
+        "plot": str(plot_policy(policy, Path(out).with_suffix(".png"))),
+    }
     publish(report, name)
-    logger.info("policy %s written to %s", name, out)
-    return {"policy": name, "out": out, "prompts": len(keys), "failed": failed, **report}
+    return report
+
+
+def pool_samples(database: str | None, run_id: str) -> Pools:
+    """Per problem key: the pool's (answer, score) samples in sampling order, and the reference."""
+    with connect(database)() as session:
+        traces = queries.trace_of(session, run_id)
+    pools = {}
+    for trace in traces:
+        if trace.status != "done":
+            continue
+        scores = {s.candidate_key: s.value for s in sorted(trace.scores, key=lambda s: s.id)}
+        answers = sorted((c for c in trace.candidates if c.kind == "answer"), key=lambda c: int(c.key.split(".")[1]))
+        pools[trace.problem.key] = ([(c.answer, scores.get(c.key)) for c in answers], trace.problem.reference)
+    return pools
+
+
+def run_correctness(database: str | None, run_id: str) -> dict[str, float]:
+    with connect(database)() as session:
+        return {t.problem.key: float(bool(t.correct)) for t in queries.trace_of(session, run_id) if t.status == "done"}
 
 
 def efficiency_report(policy: Policy, budgets: Sequence[int]) -> dict[str, Any]:

@@ -73,17 +73,13 @@ def problem_seed(seed: int, dataset: str, key: str) -> int:
 def engines_for(
     strategy: str, settings: StrategySettings, models: ModelSettings, seed: int | None = None
 ) -> SolveContext:
-    """Load only the engines the strategy uses. The reviser defaults to the testbed reviser when the
-    proposer is the testbed's, else to the proposer itself. `seed` (default: the models' base seed)
-    seeds every sampling call of the solve."""
+    """Load only the engines the strategy declares it needs (graphs.registry.register). The reviser
+    defaults to the testbed reviser when the proposer is the testbed's, else to the proposer itself.
+    `seed` (default: the models' base seed) seeds every sampling call of the solve."""
+    needs = registry.get(strategy)
     proposer = load_proposer(models.proposer)
-    verifier = load_verifier(models.verifier) if settings.needs_verifier else None
-    reviser = None
-    if strategy == "revisions":
-        reviser_uri = models.reviser or (
-            "testbed:reviser" if models.proposer.startswith("testbed:") else models.proposer
-        )
-        reviser = load_proposer(reviser_uri)
+    verifier = load_verifier(models.verifier) if needs.needs_verifier(settings) else None
+    reviser = load_proposer(reviser_uri(models)) if needs.reviser else None
     # A chat model asked for with `?chat=1` brings its own prompt layout.
     return SolveContext(
         proposer=proposer,
@@ -92,6 +88,14 @@ def engines_for(
         prompt_format=prompt_format_of(proposer),
         seed=models.seed if seed is None else seed,
     )
+
+
+def reviser_uri(models: ModelSettings) -> str:
+    """The reviser a revising strategy gets: `models.reviser`, else the testbed reviser when the
+    proposer is the testbed's, else the proposer itself."""
+    if models.reviser:
+        return models.reviser
+    return "testbed:reviser" if models.proposer.startswith("testbed:") else models.proposer
 
 
 def masked_models(models: ModelSettings) -> dict[str, Any]:
