@@ -1,9 +1,9 @@
 """A new strategy in a few lines: sample N answers, let the PRM drop the weaker half, then take a
 majority vote among the answers that remain.
 
-Run it on the testbed (the defaults) or on your own models:
+Run it on the testbed (the defaults) or on your own models (`TTC_PROPOSER`, `TTC_VERIFIER`):
 
-    python examples/top_half_majority.py "What is 17 * 23?" --budget 8
+    .venv/bin/python examples/top_half_majority.py "Compute (12 + 5) * 2 - 3." --budget 8
 """
 
 from __future__ import annotations
