@@ -1,5 +1,5 @@
 """Beam search against a PRM (lookahead 0), and lookahead search (k > 0), which shares it
-(Snell et al. 2024, §1).
+(Snell et al. 2024, §5.2).
 
 Round 1 samples N first steps. Each round the PRM scores the candidates (after a k-step greedy
 rollout, for lookahead), finished answers leave, the top N/M prefixes stay and each is expanded M

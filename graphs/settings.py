@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ttc_nodes.scoring import Aggregation
 
 MAX_BUDGET = 4096
-"""The largest budget N a run may ask for. The paper sweeps N up to 256 (Snell et al. 2024, §1); 4096
+"""The largest budget N a run may ask for. The paper sweeps N up to 256 (Snell et al. 2024, §5.2); 4096
 bounds the compute of one solve and fits the integer column the budget is stored in."""
 
 
@@ -106,7 +106,7 @@ class TreeSearchSettings(StrategySettings):
 
 
 class BeamSettings(TreeSearchSettings):
-    # The paper ends beam search "with N final answer candidates" (Snell et al. 2024, §1): shrinking
+    # The paper ends beam search "with N final answer candidates" (Snell et al. 2024, §5.2): shrinking
     # keeps exactly that, so it is the default; refill is how search-and-learn runs it.
     refill: bool = Field(
         False,
@@ -145,7 +145,7 @@ class RevisionSettings(StrategySettings):
             return data
         chains, length = data.get("chains"), data.get("chain_length")
         if chains is None and length is None:
-            # At equal budget, sequential revisions slightly beat parallel sampling (Snell et al. 2024, §2).
+            # At equal budget, sequential revisions slightly beat parallel sampling (Snell et al. 2024, §6.2).
             length = min(budget, 4)
         if chains is None and length:
             chains = max(1, budget // int(length))

@@ -1,6 +1,6 @@
 """Final-answer extraction and equivalence.
 
-Answers are compared by value, never by raw string equality (Snell et al. 2024, §6). Each answer
+Answers are compared by value, never by raw string equality (Snell et al. 2024, §4). Each answer
 is first rewritten to a canonical key, and two answers with the same key are the same answer:
 
 - Notation that carries no value is dropped: `$` and `\\$`, the spacing commands `\\,` `\\;` `\\:`

@@ -1,5 +1,5 @@
 """Select nodes that prune step-wise search: keep the best beams and spread their expansions (beam
-search, lookahead), keep each DVTS subtree's best (Snell et al. 2024, §5.1), resample particles by PRM
+search, lookahead), keep each DVTS subtree's best (Snell et al. 2024, §5.2), resample particles by PRM
 weight (particle filtering)."""
 
 from __future__ import annotations

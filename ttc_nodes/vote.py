@@ -1,6 +1,6 @@
 """Select nodes that vote: group candidates by equal final answer (ttc_nodes.answers) and pick a
 group by count (majority), by its best score (best-of-N) or by its summed score (best-of-N weighted),
-and the hierarchical vote over revision chains (Snell et al. 2024, §5.1, §6.1)."""
+and the hierarchical vote over revision chains (Snell et al. 2024, §5.1, §6.2)."""
 
 from __future__ import annotations
 

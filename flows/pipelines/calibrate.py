@@ -1,5 +1,5 @@
 """The `calibrate` flow: learn a compute-optimal policy θ*(difficulty bin, budget) on a
-calibration dataset (Snell et al. 2024, §3–§4), in five phases:
+calibration dataset (Snell et al. 2024, §3), in five phases:
 
 1. Sample one pool of answers per prompt (as many as the largest budget) and score it with the PRM.
 2. Read the pool plans off that pool: every strategy whose answer is one vote over N samples

@@ -1,5 +1,5 @@
 """The compute-optimal policy as pure functions and pydantic models, with no Prefect in them
-(Snell et al. 2024, §3–§4): `bins` cuts prompts into difficulty bins, `fit` fits θ*(bin, N) with
+(Snell et al. 2024, §3): `bins` cuts prompts into difficulty bins, `fit` fits θ*(bin, N) with
 cross-validation, `table` is the policy a deployment loads, `allocation` splits a dataset's budget
 across bins. The calibration flow feeds in outcomes and stores what comes out."""
 

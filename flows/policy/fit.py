@@ -1,4 +1,4 @@
-"""Fitting the compute-optimal table θ*(bin, N) (Snell et al. 2024, §3–§4): for each difficulty bin and
+"""Fitting the compute-optimal table θ*(bin, N) (Snell et al. 2024, §3): for each difficulty bin and
 budget, the plan with the best mean accuracy, chosen by two-fold cross-validation inside the bin so
 that the accuracy reported for a choice is measured on prompts the choice never saw."""
 
@@ -83,7 +83,7 @@ def fit_policy(
     folds: int = 2,
     seed: int = 0,
 ) -> PolicyFit:
-    """Fit θ*(bin, N) by `folds`-fold cross-validation inside each bin (Snell et al. 2024, §4).
+    """Fit θ*(bin, N) by `folds`-fold cross-validation inside each bin (Snell et al. 2024, §3.1).
 
     `outcomes[(problem, plan label, N)]` is that plan's accuracy on that problem (0/1 or an expected
     value in [0, 1]); `bins[problem]` its difficulty bin. Budgets are those that occur in `outcomes`.

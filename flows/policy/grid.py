@@ -1,4 +1,4 @@
-"""The plan grid a calibration searches (Snell et al. 2024, §3–§4): the plans θ by label, which of
+"""The plan grid a calibration searches (Snell et al. 2024, §3): the plans θ by label, which of
 them are read off one shared pool of samples, and a pool plan's expected accuracy at budget N."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The deployable compute-optimal policy (Snell et al. 2024, §3–§4): the plans of the grid, the
+"""The deployable compute-optimal policy (Snell et al. 2024, §3): the plans of the grid, the
 difficulty cut points and the fitted table θ*(bin, N), read and written as one JSON file."""
 
 from __future__ import annotations
