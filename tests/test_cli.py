@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from db import connect, dispose, queries
 from db.models import Problem, Run, Solve
 from flows.cli import app
 from flows.service.solving import question_key
+from graphs import registry
 
 STRATEGIES = [
     "majority",
@@ -108,6 +110,65 @@ def test_strategies_json_gives_every_strategy_with_its_settings() -> None:
     assert "beam_width" in listing["beam"]["settings"]
     assert listing["lookahead"]["settings"]["lookahead"]["default"] == 1
     assert {"chains", "chain_length"} <= set(listing["revisions"]["settings"])
+    assert listing["revisions"]["needs"]["reviser"] and not listing["beam"]["needs"]["reviser"]
+    assert listing["beam"]["needs"]["stepwise"] and not listing["majority"]["needs"]["stepwise"]
+    assert listing["majority"]["needs"]["pool_vote"] == "majority" and listing["beam"]["needs"]["pool_vote"] is None
+
+
+def test_strategies_graph_prints_the_strategy_drawn_as_mermaid() -> None:
+    result = ttc("strategies", "--graph", "beam")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.lstrip().startswith(("---", "graph", "flowchart"))
+    assert "expand" in result.stdout and "select" in result.stdout
+
+
+def test_version_prints_the_installed_version() -> None:
+    result = ttc("--version")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"ttc {version('ttc')}"
+
+
+# --- ttc solve --plugin --------------------------------------------------------------------------------
+
+PLUGIN = "examples.top_half_majority"
+
+
+@pytest.fixture
+def plugin_unloaded() -> Iterator[None]:
+    """The example plug-in's strategy unregistered and its module forgotten (another test may have
+    loaded it), so that --plugin imports it afresh; as it was again afterwards."""
+    registered = registry.get("top_half_majority") if "top_half_majority" in registry.names() else None
+    modules = {name: sys.modules.pop(name) for name in (PLUGIN, "top_half_majority") if name in sys.modules}
+    registry.unregister("top_half_majority")
+    yield
+    registry.unregister("top_half_majority")
+    sys.modules.pop(PLUGIN, None)
+    sys.modules.update(modules)
+    if registered is not None:
+        registry.register(
+            registered.name,
+            registered.settings,
+            registered.build,
+            registered.summary,
+            reviser=registered.reviser,
+            stepwise=registered.stepwise,
+            pool_vote=registered.pool_vote,
+        )
+
+
+def test_solve_with_plugin_runs_the_plugins_strategy(plugin_unloaded: None, tmp_path: Path) -> None:
+    database = ["--db", f"sqlite:///{tmp_path / 'ttc.db'}", "--json"]
+    plan = ["-s", "top_half_majority", "-n", "4"]
+
+    without = ttc("solve", "Compute 2 + 3.", *plan, *database)
+    result = ttc("solve", "Compute 2 + 3.", *plan, "--plugin", PLUGIN, *database)
+
+    assert "--plugin" in error_line(without)
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.stdout)
+    assert outcome["strategy"] == "top_half_majority" and 0 < outcome["generations"] <= 4
 
 
 # --- ttc solve -----------------------------------------------------------------------------------------
@@ -211,6 +272,27 @@ def test_solve_without_json_prints_answer_spend_and_run_id(two_questions: TwoQue
     with connect(url)() as session:
         run = queries.find_run(session, "plain-output")
     assert run is not None and f"run {run.id}" in result.stdout
+
+
+# --- ttc runs ------------------------------------------------------------------------------------------
+
+
+def test_runs_lists_runs_newest_first_with_solves_and_accuracy(two_questions: TwoQuestions, models: list[str]) -> None:
+    url = two_questions.database_url
+    graded = solve_json(url, models, "--run-name", "graded", "--reference", "3")
+
+    listed = ttc("runs", "--db", url, "--json")
+    table = ttc("runs", "--db", url, "--limit", "1")
+
+    assert listed.exit_code == 0 and table.exit_code == 0, listed.output + table.output
+    runs = json.loads(listed.stdout)
+    assert runs[0]["id"] == graded["run_id"] and runs[0]["name"] == "graded"
+    assert [r["created_at"] for r in runs] == sorted((r["created_at"] for r in runs), reverse=True)
+    assert (runs[0]["done"], runs[0]["solves"], runs[0]["graded"]) == (1, 1, 1)
+    assert runs[0]["accuracy"] == float(graded["correct"])
+    [two] = [r for r in runs if r["name"] == "two-questions"]
+    assert (two["id"], two["done"], two["solves"], two["accuracy"]) == (two_questions.first["run_id"], 2, 2, None)
+    assert graded["run_id"] in table.stdout and two["id"] not in table.stdout
 
 
 # --- refused input -------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ land in the database (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import re
@@ -19,12 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
-from prefect.flows import load_flow_from_entrypoint
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from db import connect, queries
@@ -176,6 +173,35 @@ def test_prefect_deployment_run_command_triggers_a_traced_run(
     assert_traced(database_url, "cli", prompts=3)
 
 
+def test_ttc_serve_options_are_the_default_parameters_of_the_served_deployments(
+    prefect_env: dict[str, str], dataset: str, models: dict[str, Any], tmp_path: Path
+) -> None:
+    database_url = f"sqlite:///{tmp_path / 'served.db'}"
+    options = ["--db", database_url, "--proposer", models["proposer"], "--verifier", models["verifier"]]
+    options += ["--seed", "3", "--set", "max_answer_tokens=12", "--plugin", "examples.top_half_majority"]
+    log = tmp_path / "serve.log"
+    process = start([str(BIN / "ttc"), "serve", "--name", "defaults", *options], prefect_env, log, REPO)
+    try:
+        wait_for_deployments(["evaluate/defaults", "calibrate/defaults"], process, log)
+        with get_client(sync_client=True) as client:
+            defaults = [client.read_deployment_by_name(f"{f}/defaults").parameters for f in ("evaluate", "calibrate")]
+        # only what the served defaults lack: the strategy is the plug-in's, the models and database the defaults'
+        parameters = {"dataset": dataset, "strategy": "top_half_majority", "budget": 2, "run_name": "defaults"}
+        flow_run = run_deployment(name="evaluate/defaults", parameters=parameters, timeout=240, poll_interval=1)
+    finally:
+        stop(process)
+
+    given = {
+        "models": models,
+        "database": database_url,
+        "settings": {"max_answer_tokens": 12},
+        "plugins": ["examples.top_half_majority"],
+    }
+    assert defaults == [given, given]
+    assert flow_run.state is not None and flow_run.state.is_completed(), f"{flow_run.state}\n{tail(log)}"
+    assert_traced(database_url, "defaults", prompts=3)
+
+
 @pytest.fixture(scope="module")
 def yaml_deployed(prefect_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """The `ttc` process work pool, and `prefect deploy --all` run on this repository's prefect.yaml."""
@@ -197,15 +223,6 @@ def yaml_deployed(prefect_env: dict[str, str]) -> subprocess.CompletedProcess[st
         timeout=180,
         check=False,
     )
-
-
-def test_prefect_yaml_names_every_flow_parameter_with_a_valid_default() -> None:
-    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    for deployment in config["deployments"]:
-        path, _, name = deployment["entrypoint"].partition(":")
-        flow = load_flow_from_entrypoint(f"{REPO / path}:{name}")
-        assert set(deployment["parameters"]) == set(inspect.signature(flow.fn).parameters), deployment["name"]
-        flow.validate_parameters(deployment["parameters"])
 
 
 def test_prefect_yaml_deploys_evaluate_and_calibrate_to_the_ttc_pool(

@@ -64,7 +64,7 @@ def test_evaluate_solves_every_prompt_once_and_resumes_without_duplicates(datase
         database=database_url,
         run_name="eval-resume",
         limit=5,
-        summary_path=str(summary_file),
+        summary=str(summary_file),
     )
     assert first["done"] == 5 and first["failed"] == 0
     assert first["generations"] <= 5 * 2
@@ -101,9 +101,13 @@ def test_calibrate_then_evaluate_with_the_policy_at_a_budget_or_a_total_budget(d
         database=database_url,
         run_name="calib",
         limit=6,
+        settings={"max_answer_tokens": 24},
+        summary=str(tmp_path / "calibration.json"),
     )
     policy = Policy.load(out)
     assert report["prompts"] == 6 and len(policy.thresholds) == 1
+    assert json.loads((tmp_path / "calibration.json").read_text())["policy"] == "calib"
+    assert policy.plans["majority"].settings == {"max_answer_tokens": 24}
     with connect(database_url)() as session:
         assert queries.policy(session, "calib") is not None
     assert {row["budget"] for row in report["curve"]} == {1, 2, 4}

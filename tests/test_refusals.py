@@ -146,9 +146,9 @@ REFUSALS: dict[str, tuple[list[str], list[str]]] = {
     # ttc trace
     "trace of an unknown run": (["trace", "no-such-run", "--db", "{db}"], ["no-such-run"]),
     "trace of an unknown problem": (["trace", "bound", "--problem", "nope", "--db", "{db}"], ["nope"]),
-    # ttc evaluate: the plan
-    "evaluate without a plan": ([*E, *T], ["--strategy"]),
-    "evaluate without a budget": ([*E, *T, "--strategy", "majority"], ["--budget"]),
+    # ttc evaluate: the plan (without one, `ttc solve`'s: best_of_n_weighted at N=16, which "bound" is not)
+    "evaluate without a plan takes solve's": ([*E, *T, "--run-name", "bound"], ["strategy=best_of_n_weighted"]),
+    "evaluate without a budget takes solve's": ([*E, *T, "-s", "majority", "--run-name", "bound"], ["budget=16"]),
     "total budget without a policy": ([*E, *T, *FAST, "--total-budget", "40"], ["--total-budget", "--policy"]),
     "evaluate unknown strategy": ([*E, *T, "--strategy", "nope", "--budget", "2"], ["nope"]),
     "evaluate zero budget": ([*E, *T, "--strategy", "majority", "--budget", "0"], ["budget"]),
@@ -172,6 +172,7 @@ REFUSALS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "policy with neither budget": ([*E, *T, "--policy", "{policy}"], ["exactly one"]),
     "policy and a strategy": ([*E, *T, "--policy", "{policy}", "--budget", "4", "--strategy", "beam"], ["--strategy"]),
+    "policy and a setting": ([*E, *T, "--policy", "{policy}", "--budget", "4", "--set", "temperature=1"], ["--set"]),
     "policy plan a strategy refuses": (
         [*E, *T, "--policy", "{bad_width}", "--budget", "4"],
         ["beam M=4", "beam_width"],
@@ -196,6 +197,19 @@ REFUSALS: dict[str, tuple[list[str], list[str]]] = {
     "zero limit": ([*E, *T, *FAST, "--limit", "0"], ["limit"]),
     "negative limit": ([*E, *T, *FAST, "--limit", "-2"], ["limit"]),
     "limit not a number": ([*E, *T, *FAST, "--limit", "ten"], ["--limit"]),
+    "question field of the testbed": ([*E, *T, *FAST, "--question-field", "prompt"], ["question_field"]),
+    "question field not in the file": (
+        [*E, *FAST, "--dataset", "jsonl:{no_question}", "--question-field", "prompt"],
+        ["prompt"],
+    ),
+    # --plugin, on every command that takes it
+    "plugin that does not import": (
+        ["solve", QUESTION, "--plugin", "no_such_plugin", "--db", "{db}"],
+        ["no_such_plugin"],
+    ),
+    "plugin file that is not there": ([*E, *T, *FAST, "--plugin", "/no/plugin.py"], ["/no/plugin.py"]),
+    "calibrate plugin that does not import": ([*C, "--plugin", "no_such_plugin"], ["no_such_plugin"]),
+    "serve plugin that does not import": (["serve", "--plugin", "no_such_plugin"], ["no_such_plugin"]),
     # ttc calibrate
     "calibrate budgets not numbers": ([*C[:5], "--budgets", "a,b"], ["--budgets"]),
     "calibrate zero budget": ([*C, "--budgets", "0,1"], ["budgets"]),
@@ -204,6 +218,13 @@ REFUSALS: dict[str, tuple[list[str], list[str]]] = {
     "calibrate too few prompts": ([*C, "--limit", "3"], ["at least"]),
     "calibrate without references": ([*C[:3], "--dataset", "jsonl:{no_reference}", *C[5:]], ["reference"]),
     "calibrate zero difficulty samples": ([*C, "--difficulty-samples", "0"], ["difficulty-samples"]),
+    "calibrate unknown setting": ([*C, "--set", "colour=red"], ["colour"]),
+    "calibrate assignment without =": ([*C, "--set", "foo"], ["key=value"]),
+    # ttc strategies, ttc runs, ttc serve
+    "graph of an unknown strategy": (["strategies", "--graph", "teleport"], ["teleport"]),
+    "runs zero limit": (["runs", "--limit", "0", "--db", "{db}"], ["--limit"]),
+    "serve assignment without =": (["serve", "--set", "foo"], ["key=value"]),
+    "serve unreachable database": (["serve", "--db", "postgresql://postgres@127.0.0.1:5999/x"], ["cannot reach"]),
 }
 
 

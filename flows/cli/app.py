@@ -1,4 +1,5 @@
-"""The `ttc` command line: list strategies, solve a question, show a stored trace."""
+"""The `ttc` command line: list strategies and runs, solve a question, show a stored trace, evaluate a
+dataset, calibrate a policy and serve the flows; one vocabulary of options across the commands."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
+from importlib.metadata import version
 from typing import Annotated, Any, Literal, NoReturn
 
 import typer
@@ -31,6 +33,7 @@ from flows.cli.render import render_solve
 from flows.service.config import ModelSettings
 from flows.service.solving import solve_question
 from graphs import registry
+from graphs.plugins import load_plugins
 from graphs.registry import SettingsError, UnknownStrategy
 from graphs.runner import SolveError, StepEvent
 from ttc_nodes.budget import BudgetError
@@ -88,14 +91,36 @@ USER_ERRORS = (
     ValueError,
 )
 
-Proposer = Annotated[str | None, typer.Option("--proposer", help="proposer model URI [default: testbed:proposer]")]
-Verifier = Annotated[str | None, typer.Option("--verifier", help="PRM URI [default: testbed:prm]")]
-Reviser = Annotated[str | None, typer.Option("--reviser", help="reviser model URI [default: testbed:reviser]")]
+DEFAULT_STRATEGY = "best_of_n_weighted"
+DEFAULT_BUDGET = 16
+
+
+def flag(*names: str, help: str, **options: Any) -> Any:
+    """A boolean option given bare (`--json`): no `--no-…` twin, and no value shown in the help."""
+    return typer.Option(*names, help=help, metavar="", **options)
+
+
+# --- The shared vocabulary: each option below means the same under every command that takes it, and
+# is the flow parameter of the same name (docs/cli.md; tests/test_cli_vocabulary.py checks it).
+
+Proposer = Annotated[str | None, typer.Option("--proposer", help="proposer model URI", show_default="testbed:proposer")]
+Verifier = Annotated[str | None, typer.Option("--verifier", help="PRM URI", show_default="testbed:prm")]
+Reviser = Annotated[str | None, typer.Option("--reviser", help="reviser model URI", show_default="testbed:reviser")]
+SamplingSeed = Annotated[int | None, typer.Option("--seed", help="base sampling seed", show_default="0")]
 Database = Annotated[
-    str | None, typer.Option("--db", help="database URL [default: $TTC_DATABASE_URL or a SQLite file]")
+    str | None, typer.Option("--db", help="database URL", show_default="$TTC_DATABASE_URL or a SQLite file")
 ]
-AsJson = Annotated[bool, typer.Option("--json", help="print exactly one JSON object on stdout")]
-SamplingSeed = Annotated[int | None, typer.Option(help="base sampling seed")]
+Assignments = Annotated[
+    list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="strategy setting (repeatable)")
+]
+Plugins = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--plugin", metavar="MODULE", help="import this module first, to register its strategies (repeatable)"
+    ),
+]
+AsJson = Annotated[bool, flag("--json", help="print the result as one line of JSON on stdout")]
+RunName = Annotated[str | None, typer.Option("--run-name", help="name of the run; re-running resumes it")]
 
 
 def say_error(message: str) -> None:
@@ -124,9 +149,18 @@ def user_errors() -> Iterator[None]:
         fail(f"database error: {reason[0]}")
 
 
+def show_version(shown: bool) -> None:
+    if shown:
+        print(f"ttc {version('ttc')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show tracebacks of failed flows and tasks")] = False,
+    verbose: Annotated[bool, flag("--verbose", "-v", help="show tracebacks of failed flows and tasks")] = False,
+    _version: Annotated[
+        bool, flag("--version", help="print the installed version and exit", callback=show_version, is_eager=True)
+    ] = False,
 ) -> None:
     """Test-time compute for LLMs: PRM search, revisions, compute-optimal scaling — every step audited."""
     quiet_tracebacks(verbose)
@@ -142,9 +176,20 @@ def interrupted(database: str | None) -> Callable[[], str]:
     return stop
 
 
-def models_from(proposer: str | None, verifier: str | None, reviser: str | None, seed: int | None) -> ModelSettings:
+def plugins_loaded(plugins: list[str] | None) -> None:
+    """Import the installed plug-ins and the --plugin modules, before any strategy name is checked."""
+    with user_errors():
+        load_plugins(plugins or [])
+
+
+def models_given(proposer: str | None, verifier: str | None, reviser: str | None, seed: int | None) -> dict[str, Any]:
+    """The model options given on the command line (`models` of the flows), and only those."""
     given: dict[str, Any] = {"proposer": proposer, "verifier": verifier, "reviser": reviser, "seed": seed}
-    return ModelSettings(**{key: value for key, value in given.items() if value is not None})
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def models_from(proposer: str | None, verifier: str | None, reviser: str | None, seed: int | None) -> ModelSettings:
+    return ModelSettings(**models_given(proposer, verifier, reviser, seed))
 
 
 def parse_assignments(assignments: list[str]) -> dict[str, Any]:
@@ -162,12 +207,28 @@ def parse_assignments(assignments: list[str]) -> dict[str, Any]:
 
 
 @app.command()
-def strategies(as_json: AsJson = False) -> None:
-    """List the strategies and their settings."""
+def strategies(
+    graph: Annotated[
+        str | None, typer.Option("--graph", metavar="NAME", help="print this strategy's graph as Mermaid text")
+    ] = None,
+    plugins: Plugins = None,
+    as_json: AsJson = False,
+) -> None:
+    """List the strategies with their settings and needs, or draw one strategy's graph."""
+    plugins_loaded(plugins)
+    with user_errors():
+        if graph is not None:
+            from graphs.drawing import mermaid
+
+            drawing = mermaid(graph)
+    if graph is not None:
+        print(json.dumps({"strategy": graph, "mermaid": drawing}) if as_json else drawing)
+        return
     listing: list[dict[str, Any]] = [
         {
             "name": s.name,
             "summary": s.summary,
+            "needs": {"reviser": s.reviser, "stepwise": s.stepwise, "pool_vote": s.pool_vote},
             "settings": {
                 name: {"default": field.default, "description": field.description}
                 for name, field in s.settings.model_fields.items()
@@ -179,12 +240,15 @@ def strategies(as_json: AsJson = False) -> None:
         print(json.dumps(listing, default=str))
         return
     table = Table(show_lines=True)
-    table.add_column("strategy", style="bold")
+    table.add_column("strategy", style="bold", no_wrap=True)
     table.add_column("what it does")
+    table.add_column("needs")
     table.add_column("settings (default)")
     for entry in listing:
+        needs = {"reviser": "a reviser", "stepwise": "step-wise search", "pool_vote": "one vote over a pool"}
+        needed = "\n".join(said for key, said in needs.items() if entry["needs"][key])
         settings = "\n".join(f"{k} ({v['default']}): {v['description']}" for k, v in entry["settings"].items())
-        table.add_row(entry["name"], entry["summary"], settings)
+        table.add_row(entry["name"], entry["summary"], needed or "—", settings)
     out.print(table)
 
 
@@ -207,21 +271,21 @@ class StatusLine:
 @app.command()
 def solve(
     question: Annotated[str, typer.Argument(help="the question to solve")],
-    strategy: Annotated[str, typer.Option("--strategy", "-s", help="see `ttc strategies`")] = "best_of_n_weighted",
-    budget: Annotated[int, typer.Option("--budget", "-n", help="generations N")] = 16,
-    assignments: Annotated[
-        list[str] | None, typer.Option("--set", help="strategy setting key=value (repeatable)")
-    ] = None,
+    strategy: Annotated[str, typer.Option("--strategy", "-s", help="see `ttc strategies`")] = DEFAULT_STRATEGY,
+    budget: Annotated[int, typer.Option("--budget", "-n", help="generations N")] = DEFAULT_BUDGET,
+    assignments: Assignments = None,
     reference: Annotated[str | None, typer.Option(help="reference answer, to grade the result")] = None,
-    run_name: Annotated[str | None, typer.Option("--run-name", help="name of the run (resumes if it exists)")] = None,
+    run_name: RunName = None,
     proposer: Proposer = None,
     verifier: Verifier = None,
     reviser: Reviser = None,
     seed: SamplingSeed = None,
     database: Database = None,
+    plugins: Plugins = None,
     as_json: AsJson = False,
 ) -> None:
     """Solve one question with a strategy; print the answer, the spend and the run id."""
+    plugins_loaded(plugins)
     values = {**parse_assignments(assignments or []), "budget": budget}
     with user_errors(), stops_cleanly(interrupted(database)), err.status("loading models…") as status:
         outcome = solve_question(
@@ -249,8 +313,8 @@ def solve(
 
 @app.command()
 def trace(
-    run: Annotated[str | None, typer.Argument(help="run id or run name [default: the latest run]")] = None,
-    problem: Annotated[str | None, typer.Option("--problem", help="problem key (default: every problem)")] = None,
+    run: Annotated[str | None, typer.Argument(help="run id or run name", show_default="the latest run")] = None,
+    problem: Annotated[str | None, typer.Option("--problem", help="problem key", show_default="every problem")] = None,
     database: Database = None,
     as_json: AsJson = False,
 ) -> None:
@@ -272,17 +336,81 @@ def trace(
         out.print(render_solve(solve_trace, roots))
 
 
-Dataset = Annotated[
-    str, typer.Option("--dataset", "-d", help="testbed:arith?n=..., jsonl:PATH, math500, gsm8k, hf:NAME")
-]
-Limit = Annotated[int | None, typer.Option(help="solve only the first K prompts (after --seed and --shard)")]
-Shard = Annotated[str | None, typer.Option(help="take shard i/n of the prompts")]
+@app.command()
+def runs(
+    limit: Annotated[int, typer.Option(help="show at most this many runs")] = 20,
+    database: Database = None,
+    as_json: AsJson = False,
+) -> None:
+    """List the runs, newest first: status, solves done of all, and accuracy where graded."""
+    if limit < 1:
+        fail(f"--limit must be >= 1, got {limit}")
+    with user_errors():
+        sessions = connect(database)
+        with sessions() as session:
+            listing = [run_line(run, queries.accuracy_by(session, run.id)) for run in queries.runs(session)[:limit]]
+    if as_json:
+        print(json.dumps(listing, default=str))
+        return
+    if not listing:
+        out.print("this database holds no runs yet")
+        return
+    table = Table()
+    table.add_column("run", no_wrap=True)  # ids are copied from here into `ttc trace`
+    table.add_column("name", overflow="fold")
+    table.add_column("status")
+    table.add_column("created", overflow="fold")
+    table.add_column("done", justify="right")
+    table.add_column("accuracy", justify="right")
+    for line in listing:
+        accuracy = line["accuracy"]
+        table.add_row(
+            line["id"],
+            escape(line["name"] or "—"),
+            line["status"],
+            f"{line['created_at']:%Y-%m-%d %H:%M}",
+            f"{line['done']}/{line['solves']}",
+            "—" if accuracy is None else f"{accuracy:.3f}",
+        )
+    out.print(table)
+
+
+def run_line(run: queries.RunInfo, rows: Sequence[queries.AccuracyRow]) -> dict[str, Any]:
+    """One run of `ttc runs`: its solve counts, and its accuracy over the graded finished solves."""
+    graded, correct = sum(r.graded for r in rows), sum(r.correct for r in rows)
+    return {
+        "id": run.id,
+        "name": run.name,
+        "status": run.status,
+        "created_at": run.created_at,
+        "solves": run.solves,
+        "done": run.done,
+        "failed": run.failed,
+        "graded": graded,
+        "correct": correct,
+        "accuracy": correct / graded if graded else None,
+    }
+
+
+# --- evaluate and calibrate share these, named as their flows' parameters ---------------------------
+
+Dataset = Annotated[str, typer.Option("--dataset", "-d", help="testbed:arith?n=…, jsonl:PATH, math500, gsm8k, hf:NAME")]
+Limit = Annotated[int | None, typer.Option(help="solve only the first K prompts (after --subset-seed and --shard)")]
+Shard = Annotated[str | None, typer.Option(metavar="I/N", help="take shard i/n of the prompts")]
 SubsetSeed = Annotated[int | None, typer.Option("--subset-seed", help="shuffle the prompts with this seed first")]
 SkipBad = Annotated[
-    bool, typer.Option("--skip-bad-lines", help="skip malformed dataset lines (reported) instead of failing")
+    bool, flag("--skip-bad-lines", help="skip malformed dataset lines (each reported) instead of failing")
+]
+QuestionField = Annotated[
+    str | None, typer.Option("--question-field", help="the field holding the question (jsonl and hf datasets)")
+]
+AnswerField = Annotated[
+    str | None, typer.Option("--answer-field", help="the field holding the reference answer (jsonl and hf datasets)")
+]
+Summary = Annotated[
+    str | None, typer.Option("--summary", metavar="FILE", help="also write the summary to this JSON file")
 ]
 Concurrency = Annotated[int, typer.Option(help="prompts solved at once (threads)")]
-RunName = Annotated[str | None, typer.Option("--run-name", help="name of the run; re-running resumes it")]
 DaskAddress = Annotated[str | None, typer.Option("--dask", help="run tasks on this Dask scheduler (prefect-dask)")]
 
 
@@ -301,20 +429,62 @@ def task_runner(concurrency: int, dask: str | None) -> Any:
     return ThreadPoolTaskRunner(max_workers=concurrency)
 
 
+def subset_of(
+    limit: int | None,
+    shard: str | None,
+    subset_seed: int | None,
+    skip_bad_lines: bool,
+    question_field: str | None,
+    answer_field: str | None,
+) -> dict[str, Any]:
+    """Which prompts of the dataset a flow reads, and from which fields: its parameters of those names."""
+    return {
+        "limit": limit,
+        "shard": shard,
+        "subset_seed": subset_seed,
+        "skip_bad_lines": skip_bad_lines,
+        "question_field": question_field,
+        "answer_field": answer_field,
+    }
+
+
+def run_flow(flow: Any, runner: Any, database: str | None, **parameters: Any) -> dict[str, Any]:
+    """Run a flow in this process with the task runner; a stop signal leaves its run resumable."""
+    with user_errors(), stops_cleanly(interrupted(database)):
+        start_prefect_server()
+        result: dict[str, Any] = flow.with_options(task_runner=runner)(database=database, **parameters)
+    return result
+
+
 @app.command()
 def evaluate(
     dataset: Dataset,
-    strategy: Annotated[str | None, typer.Option("--strategy", "-s", help="one strategy for every prompt")] = None,
-    budget: Annotated[int | None, typer.Option("--budget", "-n", help="generations per prompt")] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            "--strategy",
+            "-s",
+            help="one strategy for every prompt",
+            show_default=f"{DEFAULT_STRATEGY} without --policy",
+        ),
+    ] = None,
+    budget: Annotated[
+        int | None,
+        typer.Option(
+            "--budget", "-n", help="generations per prompt", show_default=f"{DEFAULT_BUDGET} without --policy"
+        ),
+    ] = None,
     policy: Annotated[str | None, typer.Option(help="a policy file from `ttc calibrate`")] = None,
     total_budget: Annotated[int | None, typer.Option(help="with --policy: generations for the whole dataset")] = None,
-    assignments: Annotated[list[str] | None, typer.Option("--set", help="strategy setting key=value")] = None,
+    assignments: Assignments = None,
     limit: Limit = None,
     shard: Shard = None,
     subset_seed: SubsetSeed = None,
     skip_bad_lines: SkipBad = False,
+    question_field: QuestionField = None,
+    answer_field: AnswerField = None,
     run_name: RunName = None,
-    summary: Annotated[str | None, typer.Option(help="also write the summary to this JSON file")] = None,
+    summary: Summary = None,
     concurrency: Concurrency = 4,
     dask: DaskAddress = None,
     proposer: Proposer = None,
@@ -322,42 +492,37 @@ def evaluate(
     reviser: Reviser = None,
     seed: SamplingSeed = None,
     database: Database = None,
+    plugins: Plugins = None,
     as_json: AsJson = False,
 ) -> None:
     """Evaluate a dataset with one strategy, or with a compute-optimal policy; print accuracy and spend."""
     from flows.pipelines.evaluate import evaluate as evaluate_flow
     from flows.pipelines.evaluate import prepare
 
+    plugins_loaded(plugins)
     runner = task_runner(concurrency, dask)
-    settings = parse_assignments(assignments or [])
+    if policy is None:  # the plan `ttc solve` uses when none is given
+        strategy, budget = strategy or DEFAULT_STRATEGY, DEFAULT_BUDGET if budget is None else budget
     models = models_from(proposer, verifier, reviser, seed).model_dump()
     database = secrets_to_environment(database, models)
-    plan: dict[str, Any] = {"strategy": strategy, "budget": budget, "settings": settings, "policy": policy}
     request: dict[str, Any] = {
-        **plan,
+        "strategy": strategy,
+        "budget": budget,
+        "settings": parse_assignments(assignments or []),
+        "policy": policy,
         "total_budget": total_budget,
-        "limit": limit,
-        "shard": shard,
-        "seed": subset_seed,
+        **subset_of(limit, shard, subset_seed, skip_bad_lines, question_field, answer_field),
+        "models": models,
     }
-    bad_lines = "skip" if skip_bad_lines else "fail"
     with user_errors():
         # Everything a user can get wrong is refused here, in one line, before Prefect starts.
-        checked = prepare(dataset, **request, models=models, bad_lines=bad_lines, warn=lambda *a: None)
+        checked = prepare(dataset, **request, warn=lambda *a: None)
         sessions = connect(database)
         if run_name is not None:
             Recorder(sessions).check_run(run_name, checked.config)
-    with user_errors(), stops_cleanly(interrupted(database)):
-        start_prefect_server()
-        result = evaluate_flow.with_options(task_runner=runner)(
-            dataset=dataset,
-            **request,
-            models=models,
-            database=database,
-            run_name=run_name,
-            bad_lines=bad_lines,
-            summary_path=summary,
-        )
+    result = run_flow(
+        evaluate_flow, runner, database, dataset=dataset, **request, run_name=run_name, summary=summary, plugins=plugins
+    )
     if as_json:
         print(json.dumps(result, default=str))
     else:
@@ -403,18 +568,25 @@ def summary_table(summary: dict[str, Any]) -> Table:
 def calibrate(
     dataset: Dataset,
     budgets: Annotated[str, typer.Option(help="comma-separated budgets, e.g. 1,2,4,8,16")] = "1,2,4,8,16",
-    plans: Annotated[str | None, typer.Option(help="comma-separated plan labels (default: the paper's grid)")] = None,
+    plans: Annotated[
+        str | None, typer.Option(help="comma-separated plan labels", show_default="the paper's grid")
+    ] = None,
     out_file: Annotated[str, typer.Option("--out", help="where to write the policy JSON")] = "policy.json",
     difficulty: Annotated[
         Literal["predicted", "oracle"], typer.Option(help="predicted (mean PRM score) or oracle (pass@1)")
     ] = "predicted",
     difficulty_samples: Annotated[int, typer.Option(help="samples K behind each difficulty estimate")] = 16,
+    subsets: Annotated[int, typer.Option(help="random N-subsets of a pool behind each vote's accuracy at N")] = 16,
     bins: Annotated[int, typer.Option(help="difficulty bins (quantiles)")] = 5,
+    assignments: Assignments = None,
     limit: Limit = None,
     shard: Shard = None,
     subset_seed: SubsetSeed = None,
     skip_bad_lines: SkipBad = False,
+    question_field: QuestionField = None,
+    answer_field: AnswerField = None,
     run_name: RunName = None,
+    summary: Summary = None,
     concurrency: Concurrency = 4,
     dask: DaskAddress = None,
     proposer: Proposer = None,
@@ -422,12 +594,14 @@ def calibrate(
     reviser: Reviser = None,
     seed: SamplingSeed = None,
     database: Database = None,
+    plugins: Plugins = None,
     as_json: AsJson = False,
 ) -> None:
     """Fit a compute-optimal policy θ*(difficulty bin, budget) on a calibration dataset."""
     from flows.pipelines.calibrate import calibrate as calibrate_flow
     from flows.pipelines.calibrate import prepare
 
+    plugins_loaded(plugins)
     try:
         budget_list = [int(b) for b in budgets.split(",") if b.strip()]
     except ValueError:
@@ -435,39 +609,32 @@ def calibrate(
     runner = task_runner(concurrency, dask)
     models = models_from(proposer, verifier, reviser, seed).model_dump()
     database = secrets_to_environment(database, models)
-    labels = [p.strip() for p in plans.split(",")] if plans else None
-    subset = {"limit": limit, "shard": shard, "seed": subset_seed, "bad_lines": "skip" if skip_bad_lines else "fail"}
+    request: dict[str, Any] = {
+        "budgets": budget_list,
+        "plans": [p.strip() for p in plans.split(",")] if plans else None,
+        "difficulty_samples": difficulty_samples,
+        "bins": bins,
+        "models": models,
+        **subset_of(limit, shard, subset_seed, skip_bad_lines, question_field, answer_field),
+        "settings": parse_assignments(assignments or []),
+    }
     with user_errors():
         # Everything a user can get wrong is refused here, in one line, before Prefect starts.
-        prepare(
-            dataset,
-            budgets=budget_list,
-            plans=labels,
-            difficulty_samples=difficulty_samples,
-            bins=bins,
-            models=models,
-            warn=lambda *a: None,
-            **subset,  # type: ignore[arg-type]
-        )
+        prepare(dataset, **request, warn=lambda *a: None)
         connect(database)
-    with user_errors(), stops_cleanly(interrupted(database)):
-        start_prefect_server()
-        report = calibrate_flow.with_options(task_runner=runner)(
-            dataset=dataset,
-            budgets=budget_list,
-            plans=labels,
-            out=out_file,
-            difficulty=difficulty,
-            difficulty_samples=difficulty_samples,
-            bins=bins,
-            models=models,
-            database=database,
-            run_name=run_name,
-            limit=limit,
-            shard=shard,
-            seed=subset_seed,
-            bad_lines="skip" if skip_bad_lines else "fail",
-        )
+    report = run_flow(
+        calibrate_flow,
+        runner,
+        database,
+        dataset=dataset,
+        **request,
+        out=out_file,
+        difficulty=difficulty,
+        subsets=subsets,
+        run_name=run_name,
+        summary=summary,
+        plugins=plugins,
+    )
     if as_json:
         print(json.dumps(report, default=str))
     else:
@@ -497,11 +664,18 @@ def calibration_table(report: dict[str, Any]) -> Table:
 
 @app.command()
 def serve(
+    name: Annotated[str, typer.Option(help="deployment name")] = "ttc",
     concurrency: Concurrency = 4,
     dask: DaskAddress = None,
-    name: Annotated[str, typer.Option(help="deployment name")] = "ttc",
+    assignments: Assignments = None,
+    proposer: Proposer = None,
+    verifier: Verifier = None,
+    reviser: Reviser = None,
+    seed: SamplingSeed = None,
+    database: Database = None,
+    plugins: Plugins = None,
 ) -> None:
-    """Serve `evaluate` and `calibrate` as Prefect deployments (trigger with `prefect deployment run`)."""
+    """Serve `evaluate` and `calibrate` as Prefect deployments, the options given as their defaults."""
     import asyncio
 
     from prefect.runner import Runner
@@ -509,13 +683,28 @@ def serve(
     from flows.pipelines.calibrate import calibrate as calibrate_flow
     from flows.pipelines.evaluate import evaluate as evaluate_flow
 
+    plugins_loaded(plugins)
+    with user_errors():
+        if database is not None:
+            connect(database)
     tasks = task_runner(concurrency, dask)
+    models = models_given(proposer, verifier, reviser, seed)
+    database = secrets_to_environment(database, models)  # takes credentials out of `models` too
+    # A run's own parameters replace these defaults whole: `models` given at run time is every model.
+    given = {
+        "models": models,
+        "database": database,
+        "settings": parse_assignments(assignments or []),
+        "plugins": plugins,
+    }
+    defaults = {parameter: value for parameter, value in given.items() if value}
     # Flows added as objects run as themselves, with this task runner; `prefect.serve(deployment)` would
     # re-import them from their entrypoint and silently drop --concurrency and --dask.
     runner = Runner(name=f"ttc-{name}")
-    runner.add_flow(evaluate_flow.with_options(task_runner=tasks), name=name)
-    runner.add_flow(calibrate_flow.with_options(task_runner=tasks), name=name)
-    err.print(f"serving deployments evaluate/{name} and calibrate/{name}; Ctrl-C stops")
+    for served in (evaluate_flow, calibrate_flow):
+        runner.add_flow(served.with_options(task_runner=tasks), name=name, parameters=defaults)
+    shown = f" with default parameters {', '.join(defaults)}" if defaults else ""
+    err.print(f"serving deployments evaluate/{name} and calibrate/{name}{shown}; Ctrl-C stops")
     try:
         asyncio.run(runner.start())
     except KeyboardInterrupt:
@@ -529,7 +718,7 @@ def _mount_testbed() -> None:
         if missing.name != "flows.cli.testbed":
             raise
         return
-    app.add_typer(testbed_app, name="testbed", help="train and report on the built-in testbed models")
+    app.add_typer(testbed_app, name="testbed", help="Train and report on the built-in testbed models.")
 
 
 _mount_testbed()

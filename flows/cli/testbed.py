@@ -20,16 +20,19 @@ console = Console()
 @testbed_app.command()
 def train(
     out: Annotated[
-        Path | None, typer.Option(help="Where to write proposer/, prm/ and reviser/ (default: the shipped folder).")
+        Path | None,
+        typer.Option(help="where to write proposer/, prm/ and reviser/", show_default="the shipped folder"),
     ] = None,
-    quick: Annotated[bool, typer.Option(help="Tiny models and few steps (for tests; under a minute).")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of every random choice in the recipe.")] = 0,
-    threads: Annotated[int, typer.Option(help="CPU threads for torch.")] = 2,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="tiny models and few steps (for tests; under a minute)", metavar="")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="seed of every random choice in the recipe")] = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads for torch")] = 2,
     start: Annotated[
         str,
-        typer.Option(help="First stage: proposer, samples, prm or reviser (reuses earlier stages' output in --out)."),
+        typer.Option(help="first stage: proposer, samples, prm or reviser (reuses earlier stages' output in --out)"),
     ] = "proposer",
-    stop: Annotated[str, typer.Option(help="Last stage (--start prm --stop prm retrains the PRM alone).")] = "reviser",
+    stop: Annotated[str, typer.Option(help="last stage (--start prm --stop prm retrains the PRM alone)")] = "reviser",
 ) -> None:
     """Train proposer, PRM (Monte-Carlo rollout labels) and reviser, as the paper does."""
     import torch
@@ -56,13 +59,13 @@ def train(
 
 @testbed_app.command()
 def report(
-    out: Annotated[Path, typer.Option(help="JSON file for the measurements.")] = Path("testbed_report.json"),
-    problems: Annotated[int, typer.Option(help="Held-out problems.")] = 200,
-    samples: Annotated[int, typer.Option(help="Proposer samples per problem.")] = 64,
+    out: Annotated[Path, typer.Option(help="JSON file for the measurements")] = Path("testbed_report.json"),
+    problems: Annotated[int, typer.Option(help="held-out problems")] = 200,
+    samples: Annotated[int, typer.Option(help="proposer samples per problem")] = 64,
     models: Annotated[
-        Path | None, typer.Option(help="Folder with proposer/, prm/, reviser/ (default: the shipped ones).")
+        Path | None, typer.Option(help="folder with proposer/, prm/, reviser/", show_default="the shipped ones")
     ] = None,
-    threads: Annotated[int, typer.Option(help="CPU threads for torch.")] = 2,
+    threads: Annotated[int, typer.Option(help="CPU threads for torch")] = 2,
 ) -> None:
     """Measure proposer pass@1 by difficulty, PRM AUC, weighted best-of-N vs majority, revisions."""
     import torch

@@ -85,6 +85,8 @@ def prepare(
     shard: str | None = None,
     subset_seed: int | None = None,
     skip_bad_lines: bool = False,
+    question_field: str | None = None,
+    answer_field: str | None = None,
     settings: Mapping[str, Any] | None = None,
     warn: Any = None,
 ) -> Calibration:
@@ -114,6 +116,8 @@ def prepare(
         limit=limit,
         shard=shard,
         seed=subset_seed,
+        question_field=question_field,
+        answer_field=answer_field,
         bad_lines="skip" if skip_bad_lines else "fail",
         warn=warn,
     )
@@ -144,6 +148,8 @@ def calibrate(
     shard: str | None = None,
     subset_seed: int | None = None,
     skip_bad_lines: bool = False,
+    question_field: str | None = None,
+    answer_field: str | None = None,
     settings: dict[str, Any] | None = None,
     summary: str | None = None,
     plugins: list[str] | None = None,
@@ -164,6 +170,8 @@ def calibrate(
         shard=shard,
         subset_seed=subset_seed,
         skip_bad_lines=skip_bad_lines,
+        question_field=question_field,
+        answer_field=answer_field,
         settings=settings,
         warn=logger.warning,
     )

@@ -29,6 +29,7 @@ from flows.service.config import ModelSettings
 from flows.service.datasets import Problem, load_dataset
 from flows.service.solving import engines_for, masked_models, solve_question
 from graphs import registry
+from graphs.plugins import load_plugins
 from ttc_nodes.answers import is_correct
 from ttc_nodes.engines import TransientEngineError
 
@@ -91,9 +92,11 @@ def solve_prompt(
     database: str | None,
     run_id: str,
     extra: dict[str, Any] | None = None,
+    plugins: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Solve one prompt with one plan; the difficulty estimate (if any) rides along in the meta. A
     prompt another worker of the run holds, or has solved, is skipped: {"skipped": its key}."""
+    load_plugins(plugins)  # a Dask worker is another process: it registers the run's strategies itself
     try:
         outcome = solve_question(
             problem.question,
@@ -225,12 +228,17 @@ def evaluate(
     run_name: str | None = None,
     limit: int | None = None,
     shard: str | None = None,
-    seed: int | None = None,
-    bad_lines: str = "fail",
-    summary_path: str | None = None,
+    subset_seed: int | None = None,
+    skip_bad_lines: bool = False,
+    question_field: str | None = None,
+    answer_field: str | None = None,
+    summary: str | None = None,
+    plugins: list[str] | None = None,
 ) -> dict[str, Any]:
     """Solve every prompt of `dataset` with one strategy at one budget, or with the plan a
-    compute-optimal policy picks for the prompt's predicted difficulty, and summarise."""
+    compute-optimal policy picks for the prompt's predicted difficulty, and summarise. The
+    parameters are `ttc evaluate`'s flags (`settings` is `--set`, `database` is `--db`)."""
+    load_plugins(plugins or [])
     logger = get_run_logger()
     request = prepare(
         dataset,
@@ -242,8 +250,10 @@ def evaluate(
         models=models,
         limit=limit,
         shard=shard,
-        seed=seed,
-        bad_lines=bad_lines,
+        subset_seed=subset_seed,
+        skip_bad_lines=skip_bad_lines,
+        question_field=question_field,
+        answer_field=answer_field,
         warn=logger.warning,
     )
     engines, loaded, problems, config = request.engines, request.policy, request.problems, request.config
@@ -262,7 +272,7 @@ def evaluate(
     else:
         plans, difficulty_cost = policy_plans(loaded, todo, budget, total_budget, engines, database, run_id)
     futures = [
-        solve_prompt.submit(problem, name, values, engines, database, run_id, extra)
+        solve_prompt.submit(problem, name, values, engines, database, run_id, extra, plugins or ())
         for problem, name, values, extra in plans
     ]
     results, errors = run_all(futures, "solving")
@@ -276,7 +286,7 @@ def evaluate(
     while free := recorder.await_claims(run_id, waiting):
         retried, more = run_all(
             [
-                solve_prompt.submit(p, name, values, engines, database, run_id, extra)
+                solve_prompt.submit(p, name, values, engines, database, run_id, extra, plugins or ())
                 for p, name, values, extra in (waiting[i] for i in free)
             ],
             "taking over",
@@ -286,12 +296,12 @@ def evaluate(
         waiting = {i: plan for i, plan in waiting.items() if i not in free or plan[0].key in skipped}
     for error in errors:
         logger.error("prompt failed: %s", error)
-    summary = {**summarize(database, run_id, difficulty_cost), **described(config)}
-    publish(summary)
-    if summary_path:
-        Path(summary_path).write_text(json.dumps(summary, indent=2, default=str))
-    recorder.close_run(run_id, "done" if not summary["failed"] else "partial")
-    return summary
+    result = {**summarize(database, run_id, difficulty_cost), **described(config)}
+    publish(result)
+    if summary:
+        Path(summary).write_text(json.dumps(result, indent=2, default=str))
+    recorder.close_run(run_id, "done" if not result["failed"] else "partial")
+    return result
 
 
 @dataclass(frozen=True)
@@ -317,8 +327,10 @@ def prepare(
     models: dict[str, Any] | None = None,
     limit: int | None = None,
     shard: str | None = None,
-    seed: int | None = None,
-    bad_lines: str = "fail",
+    subset_seed: int | None = None,
+    skip_bad_lines: bool = False,
+    question_field: str | None = None,
+    answer_field: str | None = None,
     warn: Any = None,
 ) -> Evaluation:
     """Check an `evaluate` request; a ValueError (or EngineError) names the first thing wrong."""
@@ -347,9 +359,19 @@ def prepare(
         plans += loaded.configured_plans()
     for name, configured in plans:
         engines_for(name, configured, engines)  # loads (and caches) every engine the plans use
-    problems = load_dataset(dataset, limit=limit, shard=shard, seed=seed, bad_lines=bad_lines, warn=warn)  # type: ignore[arg-type]
+    problems = load_dataset(
+        dataset,
+        limit=limit,
+        shard=shard,
+        seed=subset_seed,
+        question_field=question_field,
+        answer_field=answer_field,
+        bad_lines="skip" if skip_bad_lines else "fail",
+        warn=warn,
+    )
     if not problems:
         raise ValueError(f"dataset {dataset} holds no prompts (after --limit and --shard)")
+    fields = {"question_field": question_field, "answer_field": answer_field}
     config = {
         "flow": "evaluate",
         "dataset": dataset,
@@ -358,6 +380,8 @@ def prepare(
         "settings": settings or None,
         "policy": policy,
         "total_budget": total_budget,
+        # only when given, so that runs from before these options existed still resume
+        **{name: value for name, value in fields.items() if value is not None},
         **masked_models(engines),
     }
     return Evaluation(engines=engines, policy=loaded, problems=problems, config=config)
