@@ -20,20 +20,17 @@ from collections import Counter
 from functools import partial
 from typing import Any
 
-from langgraph.graph import END, START, StateGraph
 from pydantic import Field
 
 from db import queries
 from db.session import connect
 from flows.service.config import ModelSettings
 from flows.service.solving import solve_question
-from graphs import registry
+from graphs import best_of_n, registry
+from graphs.linear import linear_graph
 from graphs.runner import StrategyGraph
 from graphs.settings import WeightedBestOfNSettings
-from ttc_nodes.propose import propose_answers
-from ttc_nodes.state import NodeRuntime, SolveContext, SolveState
-from ttc_nodes.verify import verify
-from ttc_nodes.vote import select_answer
+from ttc_nodes.state import NodeRuntime, SolveState
 
 
 class ShortAnswerSettings(WeightedBestOfNSettings):
@@ -50,26 +47,11 @@ def drop_long(state: SolveState, runtime: NodeRuntime, *, max_steps: int) -> dic
 
 
 def build(settings: ShortAnswerSettings) -> StrategyGraph:
-    """The best-of-N weighted graph, with `drop_long` between verify and select."""
-    graph = StateGraph(SolveState, context_schema=SolveContext)
-    graph.add_node(
-        "propose",
-        partial(
-            propose_answers,
-            n=settings.budget,
-            max_tokens=settings.max_answer_tokens,
-            temperature=settings.temperature,
-        ),
-    )
-    graph.add_node("verify", partial(verify, aggregation=settings.aggregation))
-    graph.add_node("drop_long", partial(drop_long, max_steps=settings.max_steps))
-    graph.add_node("select", partial(select_answer, method="weighted"))
-    graph.add_edge(START, "propose")
-    graph.add_edge("propose", "verify")
-    graph.add_edge("verify", "drop_long")
-    graph.add_edge("drop_long", "select")
-    graph.add_edge("select", END)
-    return graph.compile(name="short_best_of_n")
+    """Best-of-N weighted's own steps (propose, verify, select), with `drop_long` before the vote."""
+    steps = best_of_n.steps(settings)
+    at = [name for name, _ in steps].index("select")
+    steps.insert(at, ("drop_long", partial(drop_long, max_steps=settings.max_steps)))
+    return linear_graph("short_best_of_n", steps)
 
 
 registry.register("short_best_of_n", ShortAnswerSettings, build, "best-of-N weighted over the answers of ≤ K steps")

@@ -12,16 +12,16 @@ import argparse
 from functools import partial
 from typing import Any
 
-from langgraph.graph import END, START, StateGraph
 from pydantic import Field
 
 from flows.service.config import ModelSettings
 from flows.service.solving import solve_question
 from graphs import registry
+from graphs.linear import linear_graph
 from graphs.runner import StrategyGraph
+from graphs.sampling import answer_sampler
 from graphs.settings import StrategySettings
-from ttc_nodes.propose import propose_answers
-from ttc_nodes.state import NodeRuntime, SolveContext, SolveState
+from ttc_nodes.state import NodeRuntime, SolveState
 from ttc_nodes.verify import verify
 from ttc_nodes.vote import select_answer
 
@@ -38,25 +38,15 @@ def keep_top(state: SolveState, runtime: NodeRuntime, *, keep: float) -> dict[st
 
 
 def build(settings: TopHalfSettings) -> StrategyGraph:
-    graph = StateGraph(SolveState, context_schema=SolveContext)
-    graph.add_node(
-        "propose",
-        partial(
-            propose_answers,
-            n=settings.budget,
-            max_tokens=settings.max_answer_tokens,
-            temperature=settings.temperature,
-        ),
+    return linear_graph(
+        "top_half_majority",
+        [
+            ("propose", answer_sampler(settings)),
+            ("verify", partial(verify, aggregation=settings.aggregation)),
+            ("keep_top", partial(keep_top, keep=settings.keep)),
+            ("select", partial(select_answer, method="majority")),
+        ],
     )
-    graph.add_node("verify", partial(verify, aggregation=settings.aggregation))
-    graph.add_node("keep_top", partial(keep_top, keep=settings.keep))
-    graph.add_node("select", partial(select_answer, method="majority"))
-    graph.add_edge(START, "propose")
-    graph.add_edge("propose", "verify")
-    graph.add_edge("verify", "keep_top")
-    graph.add_edge("keep_top", "select")
-    graph.add_edge("select", END)
-    return graph.compile(name="top_half_majority")
 
 
 registry.register("top_half_majority", TopHalfSettings, build, "PRM keeps the best half, then majority vote")

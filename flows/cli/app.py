@@ -31,6 +31,7 @@ from flows.cli.process import (
 )
 from flows.cli.render import render_solve
 from flows.service.config import ModelSettings
+from flows.service.datasets import Selection
 from flows.service.solving import solve_question
 from graphs import registry
 from graphs.plugins import load_plugins
@@ -429,25 +430,6 @@ def task_runner(concurrency: int, dask: str | None) -> Any:
     return ThreadPoolTaskRunner(max_workers=concurrency)
 
 
-def subset_of(
-    limit: int | None,
-    shard: str | None,
-    subset_seed: int | None,
-    skip_bad_lines: bool,
-    question_field: str | None,
-    answer_field: str | None,
-) -> dict[str, Any]:
-    """Which prompts of the dataset a flow reads, and from which fields: its parameters of those names."""
-    return {
-        "limit": limit,
-        "shard": shard,
-        "subset_seed": subset_seed,
-        "skip_bad_lines": skip_bad_lines,
-        "question_field": question_field,
-        "answer_field": answer_field,
-    }
-
-
 def run_flow(flow: Any, runner: Any, database: str | None, **parameters: Any) -> dict[str, Any]:
     """Run a flow in this process with the task runner; a stop signal leaves its run resumable."""
     with user_errors(), stops_cleanly(interrupted(database)):
@@ -511,17 +493,25 @@ def evaluate(
         "settings": parse_assignments(assignments or []),
         "policy": policy,
         "total_budget": total_budget,
-        **subset_of(limit, shard, subset_seed, skip_bad_lines, question_field, answer_field),
         "models": models,
     }
+    selection = Selection(limit, shard, subset_seed, skip_bad_lines, question_field, answer_field)
     with user_errors():
         # Everything a user can get wrong is refused here, in one line, before Prefect starts.
-        checked = prepare(dataset, **request, warn=lambda *a: None)
+        checked = prepare(dataset, **request, selection=selection, warn=lambda *a: None)
         sessions = connect(database)
         if run_name is not None:
             Recorder(sessions).check_run(run_name, checked.config)
     result = run_flow(
-        evaluate_flow, runner, database, dataset=dataset, **request, run_name=run_name, summary=summary, plugins=plugins
+        evaluate_flow,
+        runner,
+        database,
+        dataset=dataset,
+        **request,
+        **asdict(selection),
+        run_name=run_name,
+        summary=summary,
+        plugins=plugins,
     )
     if as_json:
         print(json.dumps(result, default=str))
@@ -615,12 +605,12 @@ def calibrate(
         "difficulty_samples": difficulty_samples,
         "bins": bins,
         "models": models,
-        **subset_of(limit, shard, subset_seed, skip_bad_lines, question_field, answer_field),
         "settings": parse_assignments(assignments or []),
     }
+    selection = Selection(limit, shard, subset_seed, skip_bad_lines, question_field, answer_field)
     with user_errors():
         # Everything a user can get wrong is refused here, in one line, before Prefect starts.
-        prepare(dataset, **request, warn=lambda *a: None)
+        prepare(dataset, **request, selection=selection, warn=lambda *a: None)
         connect(database)
     report = run_flow(
         calibrate_flow,
@@ -628,6 +618,7 @@ def calibrate(
         database,
         dataset=dataset,
         **request,
+        **asdict(selection),
         out=out_file,
         difficulty=difficulty,
         subsets=subsets,

@@ -36,7 +36,7 @@ from flows.pipelines.plots import plot_policy
 from flows.policy import Plan, Policy, assign_bin, fit_policy, quantile_thresholds
 from flows.policy.grid import plan_grid, pool_plans, subset_accuracy, valid_at
 from flows.service.config import ModelSettings
-from flows.service.datasets import Problem, load_dataset
+from flows.service.datasets import Problem, Selection
 from flows.service.solving import engines_for, masked_models
 from graphs import registry
 from graphs.plugins import load_plugins
@@ -81,12 +81,7 @@ def prepare(
     difficulty_samples: int = 16,
     bins: int = 5,
     models: dict[str, Any] | None = None,
-    limit: int | None = None,
-    shard: str | None = None,
-    subset_seed: int | None = None,
-    skip_bad_lines: bool = False,
-    question_field: str | None = None,
-    answer_field: str | None = None,
+    selection: Selection | None = None,
     settings: Mapping[str, Any] | None = None,
     warn: Any = None,
 ) -> Calibration:
@@ -111,16 +106,7 @@ def prepare(
                 engines_for(
                     plan.strategy, registry.get(plan.strategy).configure({**plan.settings, "budget": n}), engines
                 )
-    problems = load_dataset(
-        dataset,
-        limit=limit,
-        shard=shard,
-        seed=subset_seed,
-        question_field=question_field,
-        answer_field=answer_field,
-        bad_lines="skip" if skip_bad_lines else "fail",
-        warn=warn,
-    )
+    problems = (selection or Selection()).load(dataset, warn)
     if any(p.reference is None for p in problems):
         raise ValueError("calibration needs reference answers for every prompt")
     if len(problems) < 2 * bins:
@@ -166,12 +152,7 @@ def calibrate(
         difficulty_samples=difficulty_samples,
         bins=bins,
         models=models,
-        limit=limit,
-        shard=shard,
-        subset_seed=subset_seed,
-        skip_bad_lines=skip_bad_lines,
-        question_field=question_field,
-        answer_field=answer_field,
+        selection=Selection(limit, shard, subset_seed, skip_bad_lines, question_field, answer_field),
         settings=settings,
         warn=logger.warning,
     )

@@ -26,7 +26,7 @@ from db.recorder import Claimed, Recorder
 from db.session import connect
 from flows.policy import Policy, allocate
 from flows.service.config import ModelSettings
-from flows.service.datasets import Problem, load_dataset
+from flows.service.datasets import Problem, Selection
 from flows.service.solving import engines_for, masked_models, solve_question
 from graphs import registry
 from graphs.plugins import load_plugins
@@ -248,12 +248,7 @@ def evaluate(
         policy=policy,
         total_budget=total_budget,
         models=models,
-        limit=limit,
-        shard=shard,
-        subset_seed=subset_seed,
-        skip_bad_lines=skip_bad_lines,
-        question_field=question_field,
-        answer_field=answer_field,
+        selection=Selection(limit, shard, subset_seed, skip_bad_lines, question_field, answer_field),
         warn=logger.warning,
     )
     engines, loaded, problems, config = request.engines, request.policy, request.problems, request.config
@@ -325,12 +320,7 @@ def prepare(
     policy: str | None = None,
     total_budget: int | None = None,
     models: dict[str, Any] | None = None,
-    limit: int | None = None,
-    shard: str | None = None,
-    subset_seed: int | None = None,
-    skip_bad_lines: bool = False,
-    question_field: str | None = None,
-    answer_field: str | None = None,
+    selection: Selection | None = None,
     warn: Any = None,
 ) -> Evaluation:
     """Check an `evaluate` request; a ValueError (or EngineError) names the first thing wrong."""
@@ -359,19 +349,11 @@ def prepare(
         plans += loaded.configured_plans()
     for name, configured in plans:
         engines_for(name, configured, engines)  # loads (and caches) every engine the plans use
-    problems = load_dataset(
-        dataset,
-        limit=limit,
-        shard=shard,
-        seed=subset_seed,
-        question_field=question_field,
-        answer_field=answer_field,
-        bad_lines="skip" if skip_bad_lines else "fail",
-        warn=warn,
-    )
+    selection = selection or Selection()
+    problems = selection.load(dataset, warn)
     if not problems:
         raise ValueError(f"dataset {dataset} holds no prompts (after --limit and --shard)")
-    fields = {"question_field": question_field, "answer_field": answer_field}
+    fields = {"question_field": selection.question_field, "answer_field": selection.answer_field}
     config = {
         "flow": "evaluate",
         "dataset": dataset,

@@ -112,6 +112,33 @@ def load_dataset(
     return [problems[position] for position in chosen]
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which prompts of a dataset a flow reads, and from which fields: the flows' parameters and the
+    CLI's flags of these names (`--limit`, `--shard`, `--subset-seed`, `--skip-bad-lines`,
+    `--question-field`, `--answer-field`)."""
+
+    limit: int | None = None
+    shard: str | None = None
+    subset_seed: int | None = None
+    skip_bad_lines: bool = False
+    question_field: str | None = None
+    answer_field: str | None = None
+
+    def load(self, spec: str, warn: Callable[[str], None] | None = None) -> list[Problem]:
+        """The selected problems of `spec` (`load_dataset`'s DatasetError when none)."""
+        return load_dataset(
+            spec,
+            limit=self.limit,
+            shard=self.shard,
+            seed=self.subset_seed,
+            question_field=self.question_field,
+            answer_field=self.answer_field,
+            bad_lines="skip" if self.skip_bad_lines else "fail",
+            warn=warn,
+        )
+
+
 def dataset_name(spec: str) -> str:
     """The name `load_dataset(spec)` gives its problems' dataset, without loading anything."""
     return _parse_spec(spec).name
