@@ -417,3 +417,33 @@ def _candidate_info(row: Candidate, keys: dict[int, str]) -> CandidateInfo:
 
 def _score_info(row: Score, keys: dict[int, str]) -> ScoreInfo:
     return _copied(ScoreInfo, row, candidate_key=keys[row.candidate_id])
+
+
+@dataclass(frozen=True)
+class AnswerPool:
+    """The answers one finished solve sampled, in sampling order, with their scores, and its spend."""
+
+    samples: list[tuple[str | None, float | None]]
+    reference: str | None
+    generations: float
+    tokens: int
+    flops: float
+
+
+def answer_pools(session: Session, run_id: str) -> dict[str, AnswerPool]:
+    """Problem key -> the answer pool of its finished solve in `run_id` (a run of parallel-sampling
+    solves: calibration pools, difficulty estimates); a solve not done has no pool."""
+    pools = {}
+    for trace in trace_of(session, run_id):
+        if trace.status != "done":
+            continue
+        scores = {s.candidate_key: s.value for s in sorted(trace.scores, key=lambda s: s.id)}
+        answers = sorted((c for c in trace.candidates if c.kind == "answer"), key=lambda c: int(c.key.split(".")[1]))
+        pools[trace.problem.key] = AnswerPool(
+            [(c.answer, scores.get(c.key)) for c in answers],
+            trace.problem.reference,
+            trace.generations,
+            trace.tokens,
+            trace.flops,
+        )
+    return pools

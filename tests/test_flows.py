@@ -122,6 +122,18 @@ def test_calibrate_then_evaluate_with_the_policy_at_a_budget_or_a_total_budget(d
     traces = solves_of(database_url, at_budget["run_id"])
     assert all("bin" in t.detail and t.budget <= 2 for t in traces)
 
+    # Run again: every difficulty estimate is read back from the database, none is sampled again.
+    again = evaluate(
+        dataset=dataset, policy=str(out), budget=2, models=models, database=database_url, run_name="co", limit=4
+    )
+    assert again["run_id"] == at_budget["run_id"] and again["done"] == 4
+    assert again["generations_with_difficulty"] == at_budget["generations_with_difficulty"]
+    with connect(database_url)() as session:
+        difficulty_run = queries.find_run(session, f"{at_budget['run_id']}/difficulty")
+        assert difficulty_run is not None
+        estimates = queries.trace_of(session, difficulty_run.id)
+    assert len(estimates) == 4 and all(t.status == "done" for t in estimates)
+
     total = evaluate(
         dataset=dataset,
         policy=str(out),

@@ -290,15 +290,7 @@ def fit_and_save(
 def pool_samples(database: str | None, run_id: str) -> Pools:
     """Per problem key: the pool's (answer, score) samples in sampling order, and the reference."""
     with connect(database)() as session:
-        traces = queries.trace_of(session, run_id)
-    pools = {}
-    for trace in traces:
-        if trace.status != "done":
-            continue
-        scores = {s.candidate_key: s.value for s in sorted(trace.scores, key=lambda s: s.id)}
-        answers = sorted((c for c in trace.candidates if c.kind == "answer"), key=lambda c: int(c.key.split(".")[1]))
-        pools[trace.problem.key] = ([(c.answer, scores.get(c.key)) for c in answers], trace.problem.reference)
-    return pools
+        return {key: (pool.samples, pool.reference) for key, pool in queries.answer_pools(session, run_id).items()}
 
 
 def run_correctness(database: str | None, run_id: str) -> dict[str, float]:

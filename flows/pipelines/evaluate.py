@@ -6,6 +6,7 @@ Re-running with the same run name resumes: prompts already solved in that run ar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -46,6 +47,10 @@ def transient(task: Any, task_run: Any, state: State) -> bool:
 
 # Every per-prompt task: transient engine failures are retried; results are never cached, since
 # the database (not Prefect's cache) is what makes a re-run resume.
+MAX_DIFFICULTY_PASSES = 5
+"""Rounds of difficulty estimation a policy run makes before giving up on prompts other workers
+keep abandoning (each round waits for the claims of live workers)."""
+
 PER_PROMPT: dict[str, Any] = {
     "retries": 2,
     "retry_delay_seconds": [2, 10],
@@ -57,29 +62,33 @@ PER_PROMPT: dict[str, Any] = {
 @task(name="estimate-difficulty", task_run_name="difficulty-{problem.key}", **PER_PROMPT)
 def estimate_difficulty(
     problem: Problem, samples: int, models: ModelSettings, database: str | None, run_id: str
-) -> dict[str, Any]:
-    """Sample `samples` answers and score them: predicted difficulty is their mean PRM score (no
-    reference needed), oracle difficulty their pass@1 (needs the reference)."""
-    outcome = solve_question(
-        problem.question,
-        strategy="best_of_n_weighted",
-        values={"budget": samples},
-        models=models,
-        database=database,
-        run_id=run_id,
-        reference=problem.reference,
-        dataset=problem.dataset,
-        key=problem.key,
-        meta=problem.meta,
-    )
-    scores = [score for _, score in outcome.samples if score is not None]
-    graded = [is_correct(answer, problem.reference) for answer, _ in outcome.samples]
+) -> None:
+    """Sample and score `samples` answers of the prompt, traced in the difficulty run `run_id`; a
+    prompt another worker holds, or has estimated already, is left to it (`difficulty_of` reads
+    every estimate from the database)."""
+    with contextlib.suppress(Claimed):
+        solve_question(
+            problem.question,
+            strategy="best_of_n_weighted",
+            values={"budget": samples},
+            models=models,
+            database=database,
+            run_id=run_id,
+            reference=problem.reference,
+            dataset=problem.dataset,
+            key=problem.key,
+            meta=problem.meta,
+        )
+
+
+def difficulty_of(pool: queries.AnswerPool) -> dict[str, Any]:
+    """A prompt's difficulty from its answer pool: predicted, the mean PRM score of its samples (no
+    reference needed); oracle, their pass@1 (needs the reference)."""
+    scores = [score for _, score in pool.samples if score is not None]
+    graded = [bool(is_correct(answer, pool.reference)) for answer, _ in pool.samples]
     return {
         "predicted": fmean(scores) if scores else 0.0,
-        "oracle": fmean(bool(g) for g in graded) if problem.reference is not None and graded else None,
-        "samples": [[answer, score] for answer, score in outcome.samples],
-        "correct": graded,
-        "cost": outcome.spend.as_dict(),
+        "oracle": fmean(graded) if pool.reference is not None and graded else None,
     }
 
 
@@ -265,7 +274,8 @@ def evaluate(
         assert strategy is not None
         plans = [(p, strategy, {**(settings or {}), "budget": budget}, {}) for p in todo]
     else:
-        plans, difficulty_cost = policy_plans(loaded, todo, budget, total_budget, engines, database, run_id)
+        plans = policy_plans(loaded, todo, budget, total_budget, engines, database, run_id)
+        difficulty_cost = difficulty_spend(database, run_id)
     futures = [
         solve_prompt.submit(problem, name, values, engines, database, run_id, extra, plugins or ())
         for problem, name, values, extra in plans
@@ -383,18 +393,32 @@ def policy_plans(
     models: ModelSettings,
     database: str | None,
     run_id: str,
-) -> tuple[list[tuple[Problem, str, dict[str, Any], dict[str, Any]]], dict[str, float]]:
+) -> list[tuple[Problem, str, dict[str, Any], dict[str, Any]]]:
     """Estimate each prompt's difficulty, bin it, and pick θ*(bin, N); with a total budget, first
     allocate per-bin budgets that maximise expected accuracy from the calibrated curves."""
     recorder = Recorder(connect(database))
     difficulty_run = recorder.open_run(f"{run_id}/difficulty", {"flow": "difficulty", "of_run": run_id})
-    futures = [
-        estimate_difficulty.submit(p, policy.difficulty_samples, models, database, difficulty_run) for p in problems
-    ]
-    estimates, errors = run_all(futures, "difficulty")
-    if errors:
-        raise RuntimeError(f"difficulty estimation failed for {len(errors)} prompt(s): {errors[0]}")
-    by_key = dict(zip([p.key for p in problems], estimates, strict=True))
+    ids = {p.key: recorder.problem(p.dataset, p.key, p.question, p.reference, p.meta) for p in problems}
+    todo = unsolved(recorder, difficulty_run, problems)
+    for _ in range(MAX_DIFFICULTY_PASSES):
+        if not todo:
+            break
+        samples = policy.difficulty_samples
+        _, errors = run_all(
+            [estimate_difficulty.submit(p, samples, models, database, difficulty_run) for p in todo], "difficulty"
+        )
+        if errors:
+            raise RuntimeError(f"difficulty estimation failed for {len(errors)} prompt(s): {errors[0]}")
+        # Estimates other workers hold are theirs: wait for them, and take over those they abandon.
+        claimable = recorder.await_claims(difficulty_run, ids.values())
+        todo = [p for p in problems if ids[p.key] in claimable]
+    else:
+        raise RuntimeError(
+            f"difficulty estimates of {len(todo)} prompt(s) did not finish in {MAX_DIFFICULTY_PASSES} passes"
+        )
+    with connect(database)() as session:
+        pools = queries.answer_pools(session, difficulty_run)
+    by_key = {p.key: difficulty_of(pools[p.key]) for p in problems}
     bins = {p.key: policy.bin_of(by_key[p.key][policy.difficulty] or 0.0) for p in problems}
     if total_budget is not None:
         counts: dict[int, int] = {}
@@ -410,8 +434,19 @@ def policy_plans(
         plan, calibrated = policy.plan_for(bins[problem.key], budgets[bins[problem.key]])
         extra = {"bin": bins[problem.key], "difficulty": by_key[problem.key]["predicted"], "plan": plan.label}
         plans.append((problem, plan.strategy, {**plan.settings, "budget": calibrated}, extra))
-    cost = {key: float(sum(e["cost"][key] for e in estimates)) for key in ("generations", "tokens", "flops")}
-    return plans, cost
+    return plans
+
+
+def difficulty_spend(database: str | None, run_id: str) -> dict[str, float]:
+    """What estimating the difficulty of the run's prompts cost, by whichever worker and run."""
+    with connect(database)() as session:
+        found = queries.find_run(session, f"{run_id}/difficulty")
+        pools = queries.answer_pools(session, found.id).values() if found else []
+    return {
+        "generations": float(sum(p.generations for p in pools)),
+        "tokens": float(sum(p.tokens for p in pools)),
+        "flops": float(sum(p.flops for p in pools)),
+    }
 
 
 def plan_line(summary: Mapping[str, Any]) -> str:
