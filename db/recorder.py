@@ -185,6 +185,13 @@ class Recorder:
         if stored is not None:
             _check_config(name, stored, config)
 
+    def settle_run(self, run_id: str) -> None:
+        """Close the run as its solves stand: 'done' when every problem is, left running while other
+        live workers hold some, else 'partial'."""
+        pending = self.pending(run_id)
+        if not pending.held:
+            self.close_run(run_id, "partial" if pending.claimable else "done")
+
     def close_run(self, run_id: str, status: str = "done") -> None:
         """Mark the run finished (or 'failed')."""
         with self._sessions.begin() as s:

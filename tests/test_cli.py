@@ -241,6 +241,18 @@ def test_solve_again_under_a_run_name_adds_to_that_run(two_questions: TwoQuestio
     assert run is not None and (run.id, run.solves, run.done) == (two_questions.first["run_id"], 2, 2)
 
 
+def test_solving_a_solved_question_again_under_its_run_name_is_refused_and_leaves_the_run_done(
+    two_questions: TwoQuestions, models: list[str]
+) -> None:
+    url = two_questions.database_url
+    result = ttc("solve", QUESTION, *BEAM, *models, "--db", url, "--run-name", "two-questions")
+
+    assert result.exit_code == 2 and "is already solved in run" in error_line(result)
+    with connect(url)() as session:
+        run = queries.find_run(session, "two-questions")
+    assert run is not None and (run.status, run.solves, run.done) == ("done", 2, 2)
+
+
 def test_trace_problem_option_shows_only_that_problem(two_questions: TwoQuestions) -> None:
     first, second, url = two_questions.first, two_questions.second, two_questions.database_url
 

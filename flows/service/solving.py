@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from db.recorder import Recorder
+from db.recorder import Claimed, Recorder
 from db.session import connect
 from flows.service.config import ModelSettings
 from flows.service.tracing import DatabaseSink, storable, storable_json
@@ -157,7 +157,12 @@ def solve_question(
     owns_run = run_id is None  # a run opened here is closed here; a flow's run is the flow's to close
     run_id = run_id or recorder.open_run(run_name, config)
     problem_id = recorder.problem(dataset, problem_key, question, reference, dict(meta or {}))
-    solve_id = recorder.start_solve(run_id, problem_id, strategy, settings.model_dump(), settings.budget)
+    try:
+        solve_id = recorder.start_solve(run_id, problem_id, strategy, settings.model_dump(), settings.budget)
+    except Claimed:
+        if owns_run:  # reopening marked the run running: give it back the status its solves say
+            recorder.settle_run(run_id)
+        raise
     sink = DatabaseSink(
         recorder,
         solve_id,
