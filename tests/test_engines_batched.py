@@ -10,7 +10,7 @@ import pytest
 
 from ttc_nodes.engines import Completion, PromptTooLong
 from ttc_nodes.engines.base import check_fits
-from ttc_nodes.engines.batched import BatchedProposer, Row, Sampling
+from ttc_nodes.engines.batched import BatchedProposer, Row, Sampling, row_seed
 
 
 class Recording(BatchedProposer):
@@ -74,3 +74,16 @@ def test_bad_calls_are_refused_before_any_batch() -> None:
         engine.generate(["a", "x" * 10], 1, max_tokens=4, temperature=1.0)
     assert engine.generate([], 3, max_tokens=4, temperature=1.0) == []
     assert engine.batches == []
+
+
+def test_every_row_carries_its_own_seed_from_the_call_seed_position_and_sample() -> None:
+    engine, per_prompt = Recording(max_batch=None), RecordingPerPrompt(max_batch=None)
+    engine.generate(["a", "b"], 2, max_tokens=5, temperature=1.0, seed=9)
+    per_prompt.generate(["a", "b"], 2, max_tokens=5, temperature=1.0, seed=9)
+    engine.generate(["a"], 2, max_tokens=5, temperature=1.0)
+
+    seeded, unseeded = engine.batches
+    assert [row.seed for row in seeded] == [row_seed(9, p, s) for p in range(2) for s in range(2)]
+    assert [row.seed for row in per_prompt.batches[0]] == [row_seed(9, 0, 0), row_seed(9, 1, 0)]
+    assert [row.seed for row in unseeded] == [None, None]
+    assert engine.sampled[0].seed == 9  # an engine that is not row-seeded still seeds the call as a whole

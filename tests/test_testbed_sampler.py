@@ -91,7 +91,7 @@ def test_bad_requests_are_refused(sampler):
 
 
 def test_prompts_read_a_few_rows_at_a_time_give_the_same_answers(sampler, prompts, monkeypatch):
-    from ttc_nodes.testbed import sampler as module
+    from ttc_nodes.engines import cached_sampler as module
 
     whole = sampler.generate(prompts, 1, max_tokens=40, temperature=0.0)
     monkeypatch.setattr(module, "PREFILL_SCORES", 1)  # one row per prefill pass

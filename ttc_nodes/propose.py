@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from ttc_nodes.answers import extract_answer
 from ttc_nodes.budget import Spend, new_lanes, proposer_spend
-from ttc_nodes.engines.base import Completion, Proposer
+from ttc_nodes.engines.base import Completion, Proposer, Scored
 from ttc_nodes.state import Candidate, NodeRuntime, SolveState
 
 
@@ -31,6 +31,7 @@ def propose_answers(
         "round": 1,
         "lanes": n,
         "spend": call_spend(context.proposer, completions, generations=n),
+        **batch_detail(completions),
     }
 
 
@@ -85,6 +86,7 @@ def expand_steps(
         "round": round_number,
         "lanes": max(lanes_before, lanes_now),
         "spend": call_spend(context.proposer, flat, generations=new_lanes(lanes_before, lanes_now)),
+        **batch_detail(flat),
     }
 
 
@@ -159,6 +161,19 @@ def answer_candidate(
         logprob=completion.logprob,
         tokens=completion.completion_tokens,
     )
+
+
+def batch_rows(results: Iterable[Completion | Scored]) -> int | None:
+    """The rows of the largest model call that `results` rode in, or None when the engine does not
+    record them (it merges no calls)."""
+    return max((r.batch_rows for r in results if r.batch_rows is not None), default=None)
+
+
+def batch_detail(completions: Iterable[Completion]) -> dict[str, Any]:
+    """A propose step's `detail` update: the rows of the largest model call its completions rode in
+    (`batch_rows`); nothing where the engine does not record them."""
+    rows = batch_rows(completions)
+    return {} if rows is None else {"detail": {"batch_rows": rows}}
 
 
 def call_spend(engine: Proposer, completions: Sequence[Completion], *, generations: float) -> Spend:

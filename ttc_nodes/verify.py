@@ -7,8 +7,9 @@ from dataclasses import replace
 from typing import Any
 
 from ttc_nodes.budget import Spend, verifier_spend
+from ttc_nodes.engines.base import Completion, Scored
 from ttc_nodes.prompts import check_question_size
-from ttc_nodes.propose import call_spend, step_candidate
+from ttc_nodes.propose import batch_rows, call_spend, step_candidate
 from ttc_nodes.scoring import Aggregation, aggregate
 from ttc_nodes.state import Candidate, NodeRuntime, SolveState
 
@@ -19,8 +20,8 @@ def verify(
     """Score every candidate in `state[source]` with the PRM; the answer score aggregates its steps."""
     verifier = runtime.context.require_verifier("verify")
     candidates: list[Candidate] = list(state.get(source, []))  # type: ignore[call-overload]
-    scored, spend = score_candidates(state["question"], candidates, verifier, aggregation)
-    return {source: scored, "spend": spend}
+    scored, spend, results = scored_with_results(state["question"], candidates, verifier, aggregation)
+    return {source: scored, "spend": spend, **detail_of(verifier=results)}
 
 
 def score_candidates(
@@ -28,9 +29,17 @@ def score_candidates(
 ) -> tuple[list[Candidate], Spend]:
     """The candidates with step scores and aggregated score filled in, and the verifier's spend.
     A question over MAX_QUESTION_CHARS is refused (QuestionTooLong) before any verifier reads it."""
+    scored, spend, _ = scored_with_results(question, candidates, verifier, aggregation)
+    return scored, spend
+
+
+def scored_with_results(
+    question: str, candidates: Sequence[Candidate], verifier: Any, aggregation: Aggregation
+) -> tuple[list[Candidate], Spend, list[Scored]]:
+    """`score_candidates`, and the verifier's results themselves (for the batch they rode in)."""
     check_question_size(question)
     if not candidates:
-        return [], Spend()
+        return [], Spend(), []
     results = verifier.score(question, [list(c.steps) for c in candidates])
     if len(results) != len(candidates):
         raise ValueError(f"verifier returned {len(results)} results for {len(candidates)} candidates")
@@ -40,7 +49,15 @@ def score_candidates(
             raise ValueError(f"verifier gave {len(result.step_scores)} step scores for {len(candidate.steps)} steps")
         value = aggregate(result.step_scores, aggregation)
         scored.append(candidate.scored(result.step_scores, value, result.truncated))
-    return scored, verifier_spend(verifier.parameters, sum(r.tokens for r in results))
+    return scored, verifier_spend(verifier.parameters, sum(r.tokens for r in results)), results
+
+
+def detail_of(*, verifier: Sequence[Scored], rollouts: Sequence[Completion] = ()) -> dict[str, Any]:
+    """A verify step's `detail` update: the rows of the largest model call its scores (`batch_rows`)
+    and its rollouts (`rollout_batch_rows`) rode in, where the engines record them."""
+    rows = {"batch_rows": batch_rows(verifier), "rollout_batch_rows": batch_rows(rollouts)}
+    detail = {name: count for name, count in rows.items() if count is not None}
+    return {"detail": detail} if detail else {}
 
 
 def verify_with_lookahead(
@@ -63,6 +80,7 @@ def verify_with_lookahead(
     # The rollout tip of each candidate, keyed by the candidate it started from.
     tips = {c.key: c for c in pool}
     spend = Spend()
+    rolled: list[Completion] = []
     for depth in range(lookahead):
         live = [key for key, tip in tips.items() if not tip.finished]
         if not live:
@@ -77,6 +95,7 @@ def verify_with_lookahead(
             seed=context.seed_for("lookahead", state.get("round", 0), depth),
         )
         spend += call_spend(context.proposer, [c[0] for c in completions], generations=0)
+        rolled += [c[0] for c in completions]
         for key, [completion] in zip(live, completions, strict=True):
             tip = step_candidate(completion, tips[key], key=key, round=tips[key].round, kind="rollout")
             tips[key] = replace(tip, tokens=tips[key].tokens + tip.tokens if depth else tip.tokens)
@@ -84,13 +103,14 @@ def verify_with_lookahead(
         _rollout(candidate, tips[candidate.key]) if tips[candidate.key] is not candidate else candidate
         for candidate in pool
     ]
-    scored_ends, verifier_cost = score_candidates(question, ends, verifier, aggregation)
+    scored_ends, verifier_cost, results = scored_with_results(question, ends, verifier, aggregation)
     scored_pool = []
     for candidate, end in zip(pool, scored_ends, strict=True):
         own = (end.step_scores or ())[: candidate.depth]
         scored_pool.append(candidate.scored(own, end.score or 0.0, end.truncated))
     rollouts = [end for end in scored_ends if end.kind == "rollout"]
-    return {"pool": scored_pool, "rollouts": rollouts, "spend": spend + verifier_cost}
+    update = {"pool": scored_pool, "rollouts": rollouts, "spend": spend + verifier_cost}
+    return {**update, **detail_of(verifier=results, rollouts=rolled)}
 
 
 def _rollout(candidate: Candidate, tip: Candidate) -> Candidate:
@@ -109,9 +129,9 @@ def verify_chains(state: SolveState, runtime: NodeRuntime, *, aggregation: Aggre
     verifier = runtime.context.require_verifier("verify_chains")
     chains = state.get("chains", [])
     flat = [answer for chain in chains for answer in chain]
-    scored, spend = score_candidates(state["question"], flat, verifier, aggregation)
+    scored, spend, results = scored_with_results(state["question"], flat, verifier, aggregation)
     rebuilt, start = [], 0
     for chain in chains:
         rebuilt.append(scored[start : start + len(chain)])
         start += len(chain)
-    return {"chains": rebuilt, "spend": spend}
+    return {"chains": rebuilt, "spend": spend, **detail_of(verifier=results)}

@@ -7,7 +7,7 @@ backend (vLLM, an OpenAI-compatible server) sees the whole round at once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 
@@ -41,7 +41,9 @@ class Completion:
 
     `finish_reason` follows the OpenAI/vLLM convention: "stop" when a stop string or the end-of-sequence
     token ended it, "length" when `max_tokens` did. `stop_reason` is the stop string that matched,
-    or None when the model emitted end-of-sequence (or ran out of tokens).
+    or None when the model emitted end-of-sequence (or ran out of tokens). `batch_rows` is the rows
+    of the model call that produced it, where a batcher merged calls (None: not recorded); it is
+    trace, not result, so two completions equal but for it compare equal.
     """
 
     text: str
@@ -50,6 +52,7 @@ class Completion:
     logprob: float
     finish_reason: Literal["stop", "length"]
     stop_reason: str | None = None
+    batch_rows: int | None = field(default=None, compare=False)
 
     @property
     def ended_sequence(self) -> bool:
@@ -59,11 +62,13 @@ class Completion:
 
 @dataclass(frozen=True)
 class Scored:
-    """A verifier's output for one candidate: one score in [0, 1] per step, and tokens read."""
+    """A verifier's output for one candidate: one score in [0, 1] per step, and tokens read;
+    `batch_rows` as for `Completion`."""
 
     step_scores: list[float]
     tokens: int
     truncated: bool = False
+    batch_rows: int | None = field(default=None, compare=False)
 
 
 @runtime_checkable

@@ -13,13 +13,15 @@ import bisect
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from ttc_nodes.engines.base import Completion, EngineError, Scored, check_fits
 from ttc_nodes.engines.batched import BatchedProposer, Row, Sampling
+from ttc_nodes.engines.batcher import Batcher, shared_batcher
 from ttc_nodes.engines.transformers_io import prm_inputs, quiet_transformers, right_pad
 from ttc_nodes.engines.uris import masked_uri
 from ttc_nodes.prompts import DEFAULT_FORMAT, PromptFormat, check_question_size
@@ -250,12 +252,49 @@ def _tokens_until(tokenizer: Any, ids: list[int], kept: str, stop_string: str) -
     return min(count + 1, len(ids))
 
 
+SAMPLERS = ("generate", "cached")
+
+
+def causal_lm_proposer(path: str, *, sampler: str | None = None, **options: Any) -> HFProposer:
+    """The `hf:` proposer of the causal LM at `path` (options as `HFProposer`'s): sampling through
+    `model.generate` with `sampler="generate"`, through `engines.cached_sampler.CachedSampler` with
+    "cached"; by default the cached sampler where it serves (a Llama model in float32 on CPU)."""
+    from ttc_nodes.engines.cached_sampler import CachedProposer, serves
+
+    if sampler is None:
+        config = _config_of(path, options.get("gguf_file"))
+        default = serves(config, pick_device(options.get("device", "auto")), options.get("dtype", "float32"))
+        sampler = "cached" if default else "generate"
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
+    engine = CachedProposer if sampler == "cached" else HFProposer
+    return engine(path, **options)
+
+
+def _config_of(path: str, gguf_file: str | None) -> Any:
+    """The model config at `path`, or None where it cannot be read (loading the model then says why)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(Path(path).expanduser(), local_files_only=True, gguf_file=gguf_file)
+    except (OSError, ValueError):
+        return None
+
+
+ScoreRow = tuple[str, Sequence[str]]  # a question and the steps of one solution to it
+
+
 class LocalVerifier:
-    """What the transformers verifiers share: a local checkpoint on a device, and `score` in slices
-    of `max_batch`, one call at a time. Subclasses call `_load` and write `_score_batch`."""
+    """What the transformers verifiers share: a local checkpoint on a device, and `score` through a
+    batcher that merges the solutions of concurrent calls into model calls of up to `max_batch`
+    rows, one model call at a time. Subclasses call `_load` and write `_score_batch` (solutions to
+    one question), or `_score_rows` (rows of any questions) and set `mixes_questions`."""
 
     uri: str
     max_batch: int
+    # True: `_score_rows` reads rows of different questions in one model call, so calls about other
+    # questions ride together. False: only calls about the same question do.
+    mixes_questions: ClassVar[bool] = False
 
     def _load(
         self,
@@ -283,14 +322,25 @@ class LocalVerifier:
         whose tokens alone fill the context (PromptTooLong), is refused before the model reads it;
         a question that fits with steps that do not is cut to its tail (`Scored.truncated`)."""
         check_question_size(question)
-        if solutions:
-            question_tokens = len(self.tokenizer(question, add_special_tokens=False)["input_ids"])
-            check_fits(self.uri, question_tokens, self.max_length, "a question")
-        results: list[Scored] = []
+        if not solutions:
+            return []
+        question_tokens = len(self.tokenizer(question, add_special_tokens=False)["input_ids"])
+        check_fits(self.uri, question_tokens, self.max_length, "a question")
+        rows = [(question, steps) for steps in solutions]
+        return self._batcher().submit(None if self.mixes_questions else question, rows)
+
+    def _batcher(self) -> Batcher[str | None, ScoreRow, Scored]:
+        return shared_batcher(self, lambda: Batcher(self._score_merged, max_rows=self.max_batch, name=self.uri))
+
+    def _score_merged(self, question: str | None, batches: list[list[ScoreRow]]) -> list[Scored]:
+        """Scores of merged rows, a model call per batch; each records the rows of its batch."""
         with self._lock:
-            for start in range(0, len(solutions), self.max_batch):
-                results.extend(self._score_batch(question, solutions[start : start + self.max_batch]))
-        return results
+            return [replace(scored, batch_rows=len(batch)) for batch in batches for scored in self._score_rows(batch)]
+
+    def _score_rows(self, rows: Sequence[ScoreRow]) -> list[Scored]:
+        """Scores of `rows` in one model call; by default rows of one question, read by `_score_batch`."""
+        [question] = {question for question, _ in rows}
+        return self._score_batch(question, [steps for _, steps in rows])
 
     def _score_batch(self, question: str, solutions: Sequence[Sequence[str]]) -> list[Scored]:
         raise NotImplementedError
@@ -299,6 +349,8 @@ class LocalVerifier:
 class HFValueHeadPRM(LocalVerifier):
     """A PRM read at step separators: a token-classification head with one logit (sigmoid) or two
     (softmax, the positive class second), as Qwen2.5-Math-PRM-style models use."""
+
+    mixes_questions = True
 
     def __init__(
         self,
@@ -326,8 +378,8 @@ class HFValueHeadPRM(LocalVerifier):
             raise EngineError(f"PRM at {location} has num_labels={self.model.config.num_labels}; expected 1 or 2")
 
     @torch.inference_mode()
-    def _score_batch(self, question: str, solutions: Sequence[Sequence[str]]) -> list[Scored]:
-        encoded = [prm_inputs(self.tokenizer, question, steps, self.prompt_format) for steps in solutions]
+    def _score_rows(self, rows: Sequence[ScoreRow]) -> list[Scored]:
+        encoded = [prm_inputs(self.tokenizer, question, steps, self.prompt_format) for question, steps in rows]
         full_lengths = [len(ids) for ids, _ in encoded]
         truncated = [length > self.max_length for length in full_lengths]
         # Keep the tail: the steps being scored matter more than the start of a long question.

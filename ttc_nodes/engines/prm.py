@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ttc_nodes.engines.base import EngineError, Scored
-from ttc_nodes.engines.hf import LocalVerifier
+from ttc_nodes.engines.hf import LocalVerifier, ScoreRow
 from ttc_nodes.engines.transformers_io import right_pad
 from ttc_nodes.engines.uris import masked_uri
 
@@ -91,6 +91,7 @@ class CausalLMPRM(LocalVerifier):
     """
 
     format_name = "causal_lm"
+    mixes_questions = True
 
     def __init__(
         self,
@@ -129,8 +130,8 @@ class CausalLMPRM(LocalVerifier):
         raise NotImplementedError
 
     @torch.inference_mode()
-    def _score_batch(self, question: str, solutions: Sequence[Sequence[str]]) -> list[Scored]:
-        encoded = [self._fit(*self.encode(question, steps)) for steps in solutions]
+    def _score_rows(self, rows: Sequence[ScoreRow]) -> list[Scored]:
+        encoded = [self._fit(*self.encode(question, steps)) for question, steps in rows]
         input_ids, mask = right_pad([ids for ids, _, _ in encoded], 0)
         # Project only the positions that are read: full-vocabulary logits at every position of a
         # long batch would not fit in memory.

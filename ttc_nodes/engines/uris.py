@@ -1,7 +1,9 @@
 """Model URIs: `scheme:location[?key=value&...]` → a loaded engine.
 
 Built-in schemes:
-- `hf:PATH` — a transformers causal LM as proposer / reviser; as verifier, a PRM in the layout
+- `hf:PATH` — a transformers causal LM as proposer / reviser (`sampler=cached`: the fast KV-cache sampler
+  of `engines.cached_sampler`, the default for a Llama model in float32 on CPU; `sampler=generate`:
+  `model.generate`, the default otherwise); as verifier, a PRM in the layout
   `?format=` names: `value_head` (token classification at step separators, the default), `step_tag`
   (Math-Shepherd: `&tag=ки&good=%2B&bad=-`), `chat_judge` (RLHFlow: `&good=%2B&bad=-`) or
   `confidence` (a causal LM's own lowest token probability so far; no reward model, see
@@ -157,11 +159,11 @@ def _flag(value: str) -> bool:
 def hf_proposer(location: str, options: dict[str, str], uri: str, gguf_file: str | None = None) -> Any:
     """The `hf:` loader: a transformers causal LM at `location` (for plug-ins whose models are local
     checkpoints: the engine's `.uri` is `uri`, masked)."""
-    from ttc_nodes.engines.hf import HFProposer
+    from ttc_nodes.engines.hf import causal_lm_proposer
 
-    own = _typed_options(options, {**_ENGINE_OPTIONS, "chat": _flag})
+    own = _typed_options(options, {**_ENGINE_OPTIONS, "chat": _flag, "sampler": str})
     chat = own.pop("chat", False)
-    engine = HFProposer(location, gguf_file=gguf_file, uri=uri, **own)
+    engine = causal_lm_proposer(location, gguf_file=gguf_file, uri=uri, **own)
     if chat:
         if not getattr(engine.tokenizer, "chat_template", None):
             raise EngineError(

@@ -1,6 +1,8 @@
 """The `testbed:NAME` URI scheme: the testbed checkpoints (`proposer`, `prm`, `reviser`; shipped with
 the package, or in `$TTC_TESTBED_DIR`) as engines. `testbed:proposer?max_batch=8` is the `hf:` engine
-on that checkpoint, options and all, named by its testbed URI.
+on that checkpoint, options and all, named by its testbed URI; the proposer and reviser sample through
+the cached sampler (`sampler=cached`, the fast one for these small Llama models) on any device, unless
+the URI asks for `sampler=generate`.
 
 The engines know no testbed: this module registers the scheme as any plug-in does, through the
 `ttc.engines` entry point that pyproject.toml declares (see `ttc_nodes.engines.uris`).
@@ -20,8 +22,9 @@ def register() -> None:
 
 
 def proposer(location: str, options: dict[str, str], uri: str) -> Any:
-    """The testbed proposer (or reviser) `location` names, as an `HFProposer`."""
-    return hf_proposer(str(checkpoint_path(location)), options, uri)
+    """The testbed proposer (or reviser) `location` names, sampling through `CachedSampler` unless
+    `options` say `sampler=generate`."""
+    return hf_proposer(str(checkpoint_path(location)), {"sampler": "cached", **options}, uri)
 
 
 def verifier(location: str, options: dict[str, str], uri: str) -> Any:
