@@ -323,14 +323,9 @@ def test_a_leader_that_stops_fails_the_calls_it_took_and_nobody_waits_on_it() ->
 
 @pytest.fixture(scope="module")
 def prm(tiny_prm: Path) -> Iterator[HFValueHeadPRM]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     engine = load_verifier(f"hf:{tiny_prm}?device=cpu&max_batch=5")
     assert isinstance(engine, HFValueHeadPRM)
     yield engine
-    torch.set_num_threads(before)
 
 
 def random_solutions(rng: random.Random) -> list[list[str]]:

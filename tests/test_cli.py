@@ -41,18 +41,6 @@ QUESTION = "What is 1+2?"
 TTC_SCRIPT = str(Path(sys.executable).parent / "ttc")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and on busy shared cores those threads
-    spin-wait on each other (a generate call then takes ~30x longer)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def ttc(*args: str) -> Result:
     return CliRunner().invoke(app, list(args))
 
@@ -397,7 +385,7 @@ def script_run(tiny_lm: Path, tiny_prm: Path, tmp_path_factory: pytest.TempPathF
         database_url,
         "--json",
     ]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}  # see one_torch_thread
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}  # as tests/conftest.py sets torch in process
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
     ) as process:

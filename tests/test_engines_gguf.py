@@ -110,15 +110,10 @@ def smollm2_file() -> Path:
 
 @pytest.fixture(scope="module")
 def smollm2() -> Iterator[tuple[HFProposer, float]]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # faster on 2 shared cores than 2 threads fighting
     started = time.perf_counter()
     engine = load_proposer(f"gguf:{smollm2_file()}?device=cpu&chat=1")
     assert isinstance(engine, HFProposer)
     yield engine, time.perf_counter() - started
-    torch.set_num_threads(before)
 
 
 @pytest.mark.slow

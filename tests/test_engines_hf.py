@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,18 +35,6 @@ PROMPTS = ["\\boxed{3", "3+3+3+3", "+"]
 LONG = "Question: 1+2+3+1+2+3+1+2+3 what is it?\nSolution:\n1+1\n\n2+2}\n\n"
 STOPS = ["\n\n", "+", "}"]
 QUESTION = "What is 1+2?"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and on busy shared cores those threads
-    spin-wait on each other (a generate call then takes ~30x longer)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
