@@ -223,6 +223,21 @@ def test_hf_llama_in_float32_on_cpu_samples_through_the_cached_sampler_unless_to
         load_proposer(f"hf:{tiny_lm}?device=cpu&sampler=fast")
 
 
+def test_prefix_cache_mb_sets_the_cached_samplers_budget_and_is_refused_by_generate(tiny_lm: Path):
+    def budget(uri: str) -> int:
+        engine = load_proposer(uri)
+        assert isinstance(engine, CachedProposer) and engine.sampler.prefix_cache is not None
+        return engine.sampler.prefix_cache.budget_bytes
+
+    assert budget(f"hf:{tiny_lm}?device=cpu") == 256 * 2**20
+    assert budget(f"hf:{tiny_lm}?device=cpu&prefix_cache_mb=1.5") == 3 * 2**19
+    assert budget(f"hf:{tiny_lm}?device=cpu&prefix_cache_mb=0") == 0
+    with pytest.raises(ValueError, match="prefix_cache_mb must be >= 0, got -1"):
+        load_proposer(f"hf:{tiny_lm}?device=cpu&prefix_cache_mb=-1")
+    with pytest.raises(EngineError, match="prefix_cache_mb is an option of sampler=cached"):
+        load_proposer(f"hf:{tiny_lm}?device=cpu&sampler=generate&prefix_cache_mb=8")
+
+
 def test_cached_sampling_of_a_model_that_is_not_llama_is_refused(tmp_path: Path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -269,3 +284,56 @@ def test_a_strategy_solves_a_testbed_question_through_the_cached_sampler(strateg
     assert trace.status == "done" and trace.error is None
     assert 0 < outcome.spend.generations <= values["budget"] and outcome.spend.proposer_tokens > 0
     assert outcome.correct  # a two-operation question: the testbed proposer gets it right
+
+
+# --- prefix reuse across search rounds ------------------------------------------------------------------
+
+
+class Recorded:
+    """A proposer that notes, call by call, the prefix-cache counts of the engine it wraps."""
+
+    def __init__(self, engine: CachedProposer) -> None:
+        self.engine, self.uri, self.parameters = engine, engine.uri, engine.parameters
+        self.calls: list = []
+
+    def generate(self, prompts, n, **options):
+        before = self.engine.prefix_cache()
+        rows = self.engine.generate(prompts, n, **options)
+        self.calls.append(self.engine.prefix_cache() - before)
+        return rows
+
+
+class Steps:
+    """A trace sink keeping every step event."""
+
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def step(self, event) -> None:
+        self.events.append(event)
+
+
+def test_beam_search_reuses_earlier_rounds_prefixes_and_finds_what_it_finds_without(tmp_path: Path):
+    from graphs import registry
+    from graphs.runner import run_graph
+    from ttc_nodes.engines import load_verifier
+    from ttc_nodes.state import SolveContext
+
+    graph = registry.compile_graph("beam", registry.get("beam").configure({"budget": 8, "beam_width": 2}))
+    verifier = load_verifier("testbed:prm?device=cpu")
+    problem = task.problems(1, seed=4, difficulty=4)[0]
+    traces, calls = {}, {}
+    for megabytes in (64, 0):
+        engine = load_proposer(f"testbed:proposer?device=cpu&prefix_cache_mb={megabytes}")
+        assert isinstance(engine, CachedProposer)
+        recorded = Recorded(engine)
+        steps = Steps()
+        result = run_graph(graph, problem.question, SolveContext(proposer=recorded, verifier=verifier, seed=3), steps)
+        candidates = [(c.key, c.text, c.answer, c.tokens) for event in steps.events for c in event.new]
+        traces[megabytes] = (result.answer, result.chosen, candidates)
+        calls[megabytes] = recorded.calls
+    assert traces[64] == traces[0]
+    assert len(calls[64]) >= 3  # rounds of step-wise search
+    assert calls[64][0].cached_tokens == 0 and all(call.cached_tokens > 0 for call in calls[64][1:])
+    assert [call.prompt_tokens for call in calls[64]] == [call.prompt_tokens for call in calls[0]]
+    assert not any(call.cached_tokens for call in calls[0])

@@ -9,6 +9,11 @@ so answers of very different lengths (a 1-step and a 12-step problem) cost what 
 `CachedProposer` is the engine: `HFProposer`'s loading, prompt checks and accounting, sampling
 through `CachedSampler`. `benchmarks/testbed_sampler.py` measures the two against each other.
 
+Given a `PrefixCache` (the engine keeps one of `prefix_cache_mb`, 256 MiB by default), the sampler
+keeps the keys and values of the prompts it read across calls: a prompt's longest cached prefix is
+copied into its cache and only the rest is read, at the positions after the prefix, as step-wise
+search needs (each round resends the question and the steps so far). Completions are not kept.
+
 A completion means what `HFProposer`'s means: it ends at end-of-sequence (kept in the token count,
 not in the text), at a stop string (cut before it, `stop_reason` naming it, the tokens counted up
 to the one that completed it), or at `max_tokens` or the end of the model's positions ("length":
@@ -34,7 +39,10 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from ttc_nodes.engines.base import Completion, EngineError
 from ttc_nodes.engines.batched import BatchedProposer, Row, Sampling
 from ttc_nodes.engines.hf import HFProposer, _first_stop, _tokens_until
+from ttc_nodes.engines.prefix_cache import CachedPrefix, PrefixCache
+from ttc_nodes.engines.vllm import PrefixCacheStats
 
+PREFIX_CACHE_MB = 256.0  # an engine's default budget for prompts' keys and values kept across calls
 PREFILL_SCORES = 16_000_000  # attention scores computed at once while reading prompts (64 MB in float32)
 
 _MASK64 = (1 << 64) - 1
@@ -44,17 +52,22 @@ _MIX2 = 0x94D049BB133111EB
 
 
 class CachedSampler(BatchedProposer):
-    """Ancestral sampling (or greedy at temperature 0) from a `LlamaForCausalLM`, row by row seeded."""
+    """Ancestral sampling (or greedy at temperature 0) from a `LlamaForCausalLM`, row by row seeded.
+    With `prefix_cache`, prompts' keys and values are kept across calls (the model must not change
+    while they are: without one, nothing is kept)."""
 
     max_batch: int
     row_seeded: ClassVar[bool] = True
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 512) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, *, max_batch: int = 512, prefix_cache: PrefixCache | None = None
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        self.prefix_cache = prefix_cache
         config = model.config
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
@@ -88,7 +101,8 @@ class CachedSampler(BatchedProposer):
         # As servers do, a row stops where the model's positions end: its own, whatever its batch-mates.
         limits = (self.max_positions - lengths).clamp(max=sampling.max_tokens)[source]
         steps = int(limits.max())
-        keys, values, key_valid, logits = self._prefill(encoded, width + steps)
+        keys, values, key_valid, logits = self._prefill(encoded, steps)
+        width = key_valid.shape[1] - steps  # the prompts' slots, generated tokens after them
         keys, values, key_valid, logits, lengths = (
             keys[:, source],
             values[:, source],
@@ -142,34 +156,65 @@ class CachedSampler(BatchedProposer):
         ]
 
     def _prefill(
-        self, encoded: list[list[int]], cache_length: int
+        self, encoded: list[list[int]], steps: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Read the prompts (left-padded to the longest) into a new cache of `cache_length` slots:
-        its keys, values and valid slots, and the logits after each prompt."""
+        """Read the prompts into a new cache with `steps` free slots after them: its keys, values and
+        valid slots, and the logits after each prompt.
+
+        A prompt's longest cached prefix (all but its last token at most, whose logits are needed) is
+        copied in, not read. The cache holds the cached prefixes right-aligned in slots [0, C) and the
+        rest of each prompt right-aligned in [C, C + R), C and R the longest of each: a row may have
+        a gap of invalid slots between the two, which no query sees, and its positions run on
+        unbroken. Without a prefix cache C is 0 and the prompts are simply left-padded."""
         device = self.model.device
-        lengths = torch.tensor([len(ids) for ids in encoded], device=device)
-        batch, width = len(encoded), int(lengths.max())
-        ids = torch.full((batch, width), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
-        for row, tokens in enumerate(encoded):
-            ids[row, width - len(tokens) :] = torch.tensor(tokens, device=device)
+        batch = len(encoded)
+        found = [self._cached_prefix(ids) for ids in encoded]
+        done = torch.tensor([prefix.length for prefix in found], device=device)
+        rest = torch.tensor(
+            [len(ids) - prefix.length for ids, prefix in zip(encoded, found, strict=True)], device=device
+        )
+        cached, width = int(done.max()), int(rest.max())
+        slots = cached + width
         layers = len(self.model.model.layers)
-        shape = (layers, batch, self.kv_heads, cache_length, self.head_dim)
+        shape = (layers, batch, self.kv_heads, slots + steps, self.head_dim)
         keys = torch.zeros(shape, dtype=self.model.dtype, device=device)
         values = torch.zeros(shape, dtype=self.model.dtype, device=device)
-        key_valid = torch.zeros((batch, cache_length), dtype=torch.bool, device=device)
-        key_valid[:, :width] = torch.arange(width, device=device)[None, :] >= (width - lengths)[:, None]
-        # The whole prompt at once, causal within it and blind to left padding.
-        positions = (torch.arange(width, device=device)[None, :] - (width - lengths)[:, None]).clamp(min=0)
-        causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
-        diagonal = torch.eye(width, dtype=torch.bool, device=device)  # padding rows attend to themselves
+        key_valid = torch.zeros((batch, slots + steps), dtype=torch.bool, device=device)
+        for row, prefix in enumerate(found):
+            if prefix.keys is not None and prefix.values is not None:
+                keys[:, row, :, cached - prefix.length : cached] = prefix.keys
+                values[:, row, :, cached - prefix.length : cached] = prefix.values
+                key_valid[row, cached - prefix.length : cached] = True
+        ids = torch.full((batch, width), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
+        for row, (tokens, prefix) in enumerate(zip(encoded, found, strict=True)):
+            ids[row, width - len(tokens) + prefix.length :] = torch.tensor(tokens[prefix.length :], device=device)
+        padding = width - rest
+        key_valid[:, cached:slots] = torch.arange(width, device=device)[None, :] >= padding[:, None]
+        # Every unread token at once, causal within it and blind to left padding and gaps.
+        positions = done[:, None] + (torch.arange(width, device=device)[None, :] - padding[:, None]).clamp(min=0)
+        causal = torch.ones((width, slots), dtype=torch.bool, device=device).tril(diagonal=cached)
+        diagonal = torch.zeros((width, slots), dtype=torch.bool, device=device)  # padding rows attend to themselves
+        diagonal[:, cached:] = torch.eye(width, dtype=torch.bool, device=device)
         # A few rows at a time: the attention scores of a long prompt grow with its width squared.
-        chunk = max(1, PREFILL_SCORES // (width * width * self.heads))
+        chunk = max(1, PREFILL_SCORES // (width * slots * self.heads))
         last = []
         for first in range(0, batch, chunk):
             part = slice(first, first + chunk)
-            mask = (causal[None, None] & key_valid[part, None, None, :width]) | diagonal[None, None]
-            last.append(self._forward(ids[part], positions[part], keys[:, part], values[:, part], 0, mask)[:, -1])
+            mask = (causal[None, None] & key_valid[part, None, None, :slots]) | diagonal[None, None]
+            last.append(self._forward(ids[part], positions[part], keys[:, part], values[:, part], cached, mask)[:, -1])
+        if self.prefix_cache is not None and self.prefix_cache.budget_bytes:
+            for row, (tokens, prefix) in enumerate(zip(encoded, found, strict=True)):
+                unread = slice(slots - len(tokens) + prefix.length, slots)  # the prompt part, not completions
+                self.prefix_cache.insert(
+                    tokens, keys[:, row, :, unread], values[:, row, :, unread], start=prefix.length
+                )
         return keys, values, key_valid, torch.cat(last)
+
+    def _cached_prefix(self, ids: list[int]) -> CachedPrefix:
+        """The longest prefix of a prompt whose keys and values are cached, leaving its last token to read."""
+        if self.prefix_cache is None:
+            return CachedPrefix(0)
+        return self.prefix_cache.lookup(ids, limit=len(ids) - 1)
 
     def _stopped(
         self, generated: torch.Tensor, alive: torch.Tensor, finished: torch.Tensor, step: int, stops: list[str]
@@ -249,7 +294,7 @@ class CachedProposer(HFProposer):
 
     row_seeded: ClassVar[bool] = True
 
-    def __init__(self, path: str, **options: Any) -> None:
+    def __init__(self, path: str, *, prefix_cache_mb: float = PREFIX_CACHE_MB, **options: Any) -> None:
         from transformers import LlamaForCausalLM
 
         super().__init__(path, **options)
@@ -259,6 +304,18 @@ class CachedProposer(HFProposer):
                 f"{type(self.model).__name__} (sampler=generate samples from any causal LM)"
             )
         self.sampler = CachedSampler(self.model, self.tokenizer)  # given batches of this engine's max_batch
+        self.keep_prefixes(prefix_cache_mb)
+
+    def keep_prefixes(self, megabytes: float) -> None:
+        """Keep up to `megabytes` MiB of prompts' keys and values across calls (0: none), from now on
+        (an empty cache, its counts at 0)."""
+        self.sampler.prefix_cache = PrefixCache.of_megabytes(megabytes)
+
+    def prefix_cache(self) -> PrefixCacheStats:
+        """Prompt tokens read (each distinct prompt of a model call once) and of them, how many came
+        from the prefix cache, since it was made: subtract two snapshots to measure a stretch of work."""
+        cache = self.sampler.prefix_cache
+        return cache.stats() if cache is not None else PrefixCacheStats()
 
     def _run(self, batches: list[list[Row]], sampling: Sampling) -> list[list[Completion]]:
         # No RNG to guard (rows carry their seeds), and the batcher runs one model call at a time.

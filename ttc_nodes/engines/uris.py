@@ -2,7 +2,8 @@
 
 Built-in schemes:
 - `hf:PATH` — a transformers causal LM as proposer / reviser (`sampler=cached`: the fast KV-cache sampler
-  of `engines.cached_sampler`, the default for a Llama model in float32 on CPU; `sampler=generate`:
+  of `engines.cached_sampler`, the default for a Llama model in float32 on CPU, keeping prompts' KV
+  cache across calls in `prefix_cache_mb=N` MiB, 256 by default, 0 for none; `sampler=generate`:
   `model.generate`, the default otherwise); as verifier, a PRM in the layout
   `?format=` names: `value_head` (token classification at step separators, the default), `step_tag`
   (Math-Shepherd: `&tag=ки&good=%2B&bad=-`), `chat_judge` (RLHFlow: `&good=%2B&bad=-`) or
@@ -161,9 +162,15 @@ def hf_proposer(location: str, options: dict[str, str], uri: str, gguf_file: str
     checkpoints: the engine's `.uri` is `uri`, masked)."""
     from ttc_nodes.engines.hf import causal_lm_proposer
 
-    own = _typed_options(options, {**_ENGINE_OPTIONS, "chat": _flag, "sampler": str})
+    own = _typed_options(options, {**_ENGINE_OPTIONS, "chat": _flag, "sampler": str, "prefix_cache_mb": float})
     chat = own.pop("chat", False)
+    prefix_cache_mb = own.pop("prefix_cache_mb", None)
     engine = causal_lm_proposer(location, gguf_file=gguf_file, uri=uri, **own)
+    if prefix_cache_mb is not None:
+        # Which sampler serves is decided with the model's config: the option is set once it is known.
+        if not hasattr(engine, "keep_prefixes"):
+            raise EngineError(f"{masked_uri(uri)}: prefix_cache_mb is an option of sampler=cached")
+        engine.keep_prefixes(prefix_cache_mb)
     if chat:
         if not getattr(engine.tokenizer, "chat_template", None):
             raise EngineError(
