@@ -43,6 +43,11 @@ docs: setup ; $(BIN)/python -m graphs.drawing docs/strategies.md
 bench: setup
 	$(BIN)/python benchmarks/node_overhead.py
 
+# Evaluate's throughput against the engine's own (docs/performance.md); ARGS="--prompts 64" for the full mode.
+.PHONY: bench-throughput
+bench-throughput: setup
+	$(BIN)/python benchmarks/throughput.py $(or $(ARGS),--prompts 32 --quick)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 

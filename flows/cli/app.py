@@ -9,36 +9,34 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from importlib.metadata import version
-from typing import Annotated, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 from typer._click import exceptions as click  # Typer vendors its own click; its usage errors are these
 from typer.core import TyperGroup
 
-from db import queries
-from db.recorder import Recorder
-from db.session import DatabaseError, connect
 from flows.cli.process import (
     EXIT_PROMPTS_FAILED,
+    launch_prefect_server,
+    pause_collector,
+    prefect_server_ready,
+    prefect_server_stopped_on_refusal,
     quiet_tracebacks,
+    resume_collector,
     secrets_to_environment,
-    start_prefect_server,
+    skip_collection_at_exit,
     stops_cleanly,
 )
-from flows.cli.render import render_solve
-from flows.service.config import ModelSettings
-from flows.service.datasets import Selection
-from flows.service.solving import solve_question
-from graphs import registry
-from graphs.plugins import load_plugins
-from graphs.registry import SettingsError, UnknownStrategy
-from graphs.runner import SolveError, StepEvent
-from ttc_nodes.budget import BudgetError
-from ttc_nodes.engines import EngineError
+
+# Each command imports what it uses, when it runs: `ttc trace` never pays for LangGraph, `ttc solve`
+# never for Prefect, `ttc --version` for neither (tests/test_startup.py checks it).
+if TYPE_CHECKING:
+    from db import queries
+    from flows.service.config import ModelSettings
+    from graphs.runner import StepEvent
 
 
 class OneLineErrors(TyperGroup):
@@ -81,16 +79,6 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
-
-USER_ERRORS = (
-    UnknownStrategy,
-    SettingsError,
-    DatabaseError,
-    EngineError,
-    FileNotFoundError,
-    BudgetError,
-    ValueError,
-)
 
 DEFAULT_STRATEGY = "best_of_n_weighted"
 DEFAULT_BUDGET = 16
@@ -135,19 +123,38 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The errors a user can cause (a refusal, exit status 2), SQLAlchemy's aside."""
+    from db.session import DatabaseError
+    from graphs.registry import SettingsError, UnknownStrategy
+    from ttc_nodes.budget import BudgetError
+    from ttc_nodes.engines import EngineError
+
+    return (UnknownStrategy, SettingsError, DatabaseError, EngineError, FileNotFoundError, BudgetError, ValueError)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the errors a user can cause into one clear line and exit status 2."""
     try:
         yield
-    except SolveError as error:
-        fail(f"solve failed: {error} (the trace so far is stored)")
-    except USER_ERRORS as error:
-        fail(str(error))
-    except SQLAlchemyError as error:
-        # The driver's first line (a NUL on PostgreSQL, a read-only SQLite file), never its SQL.
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__]
-        fail(f"database error: {reason[0]}")
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as error:
+        # Imported only once something failed: they would cost `ttc trace` a second of imports.
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from graphs.runner import SolveError
+
+        if isinstance(error, SolveError):
+            fail(f"solve failed: {error} (the trace so far is stored)")
+        if isinstance(error, user_error_types()):
+            fail(str(error))
+        if isinstance(error, SQLAlchemyError):
+            # The driver's first line (a NUL on PostgreSQL, a read-only SQLite file), never its SQL.
+            reason = str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__]
+            fail(f"database error: {reason[0]}")
+        raise
 
 
 def show_version(shown: bool) -> None:
@@ -158,6 +165,7 @@ def show_version(shown: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     verbose: Annotated[bool, flag("--verbose", "-v", help="show tracebacks of failed flows and tasks")] = False,
     _version: Annotated[
         bool, flag("--version", help="print the installed version and exit", callback=show_version, is_eager=True)
@@ -165,10 +173,16 @@ def main(
 ) -> None:
     """Test-time compute for LLMs: PRM search, revisions, compute-optimal scaling — every step audited."""
     quiet_tracebacks(verbose)
+    # Off while the command imports and loads; back on once its models are loaded, or as it ends.
+    pause_collector()
+    ctx.call_on_close(resume_collector)
+    skip_collection_at_exit()
 
 
 def interrupted(database: str | None) -> Callable[[], str]:
     """What a stop signal does: mark this process's solves in flight as interrupted."""
+    from db.recorder import Recorder
+    from db.session import connect
 
     def stop() -> str:
         count = Recorder(connect(database)).interrupt_running()
@@ -179,6 +193,8 @@ def interrupted(database: str | None) -> Callable[[], str]:
 
 def plugins_loaded(plugins: list[str] | None) -> None:
     """Import the installed plug-ins and the --plugin modules, before any strategy name is checked."""
+    from graphs.plugins import load_plugins
+
     with user_errors():
         load_plugins(plugins or [])
 
@@ -190,6 +206,8 @@ def models_given(proposer: str | None, verifier: str | None, reviser: str | None
 
 
 def models_from(proposer: str | None, verifier: str | None, reviser: str | None, seed: int | None) -> ModelSettings:
+    from flows.service.config import ModelSettings
+
     return ModelSettings(**models_given(proposer, verifier, reviser, seed))
 
 
@@ -216,6 +234,8 @@ def strategies(
     as_json: AsJson = False,
 ) -> None:
     """List the strategies with their settings and needs, or draw one strategy's graph."""
+    from graphs import registry
+
     plugins_loaded(plugins)
     with user_errors():
         if graph is not None:
@@ -262,6 +282,7 @@ class StatusLine:
         self.tokens = 0
 
     def step(self, event: StepEvent) -> None:
+        resume_collector()  # the models are loaded and the search runs: collect its garbage
         self.generations += event.spend.generations
         self.tokens += event.spend.tokens
         self.update(
@@ -286,6 +307,8 @@ def solve(
     as_json: AsJson = False,
 ) -> None:
     """Solve one question with a strategy; print the answer, the spend and the run id."""
+    from flows.service.solving import solve_question
+
     plugins_loaded(plugins)
     values = {**parse_assignments(assignments or []), "budget": budget}
     with user_errors(), stops_cleanly(interrupted(database)), err.status("loading models…") as status:
@@ -320,6 +343,10 @@ def trace(
     as_json: AsJson = False,
 ) -> None:
     """Show a run's stored trace: node executions, and the tree of candidates with their scores."""
+    from db import queries
+    from db.session import connect
+    from flows.cli.render import render_solve
+
     with user_errors():
         sessions = connect(database)
         with sessions() as session:
@@ -346,6 +373,9 @@ def runs(
     """List the runs, newest first: status, solves done of all, and accuracy where graded."""
     if limit < 1:
         fail(f"--limit must be >= 1, got {limit}")
+    from db import queries
+    from db.session import connect
+
     with user_errors():
         sessions = connect(database)
         with sessions() as session:
@@ -430,10 +460,24 @@ def task_runner(concurrency: int, dask: str | None) -> Any:
     return ThreadPoolTaskRunner(max_workers=concurrency)
 
 
+@contextmanager
+def checked_while_the_server_boots(database: str | None) -> Iterator[None]:
+    """Launch the temporary Prefect server a flow run needs (unless one is configured), so that it
+    boots on the other core while the block checks the request and loads its models; what a user
+    got wrong is refused in one line (exit status 2), and a refusal stops the server first."""
+    launch_prefect_server()
+    with prefect_server_stopped_on_refusal(), user_errors():
+        if database and database.startswith("secret:"):
+            prefect_server_ready()  # the database URL is a Secret block, read from the server
+        yield
+
+
 def run_flow(flow: Any, runner: Any, database: str | None, **parameters: Any) -> dict[str, Any]:
-    """Run a flow in this process with the task runner; a stop signal leaves its run resumable."""
+    """Run a flow in this process with the task runner, on the temporary Prefect server the command
+    launched as it started (see `launch_prefect_server`); a stop signal leaves its run resumable."""
+    resume_collector()  # the models are loaded: from here on the flow runs, and makes garbage
     with user_errors(), stops_cleanly(interrupted(database)):
-        start_prefect_server()
+        prefect_server_ready()
         result: dict[str, Any] = flow.with_options(task_runner=runner)(database=database, **parameters)
     return result
 
@@ -478,8 +522,7 @@ def evaluate(
     as_json: AsJson = False,
 ) -> None:
     """Evaluate a dataset with one strategy, or with a compute-optimal policy; print accuracy and spend."""
-    from flows.pipelines.evaluate import evaluate as evaluate_flow
-    from flows.pipelines.evaluate import prepare
+    from flows.service.datasets import Selection
 
     plugins_loaded(plugins)
     runner = task_runner(concurrency, dask)
@@ -496,8 +539,13 @@ def evaluate(
         "models": models,
     }
     selection = Selection(limit, shard, subset_seed, skip_bad_lines, question_field, answer_field)
-    with user_errors():
-        # Everything a user can get wrong is refused here, in one line, before Prefect starts.
+    with checked_while_the_server_boots(database):
+        # Everything a user can get wrong is refused here, in one line, before the flow runs.
+        from db.recorder import Recorder
+        from db.session import connect
+        from flows.pipelines.evaluate import evaluate as evaluate_flow
+        from flows.pipelines.evaluate import prepare
+
         checked = prepare(dataset, **request, selection=selection, warn=lambda *a: None)
         sessions = connect(database)
         if run_name is not None:
@@ -588,8 +636,7 @@ def calibrate(
     as_json: AsJson = False,
 ) -> None:
     """Fit a compute-optimal policy θ*(difficulty bin, budget) on a calibration dataset."""
-    from flows.pipelines.calibrate import calibrate as calibrate_flow
-    from flows.pipelines.calibrate import prepare
+    from flows.service.datasets import Selection
 
     plugins_loaded(plugins)
     try:
@@ -608,8 +655,12 @@ def calibrate(
         "settings": parse_assignments(assignments or []),
     }
     selection = Selection(limit, shard, subset_seed, skip_bad_lines, question_field, answer_field)
-    with user_errors():
-        # Everything a user can get wrong is refused here, in one line, before Prefect starts.
+    with checked_while_the_server_boots(database):
+        # Everything a user can get wrong is refused here, in one line, before the flow runs.
+        from db.session import connect
+        from flows.pipelines.calibrate import calibrate as calibrate_flow
+        from flows.pipelines.calibrate import prepare
+
         prepare(dataset, **request, selection=selection, warn=lambda *a: None)
         connect(database)
     report = run_flow(
@@ -671,6 +722,7 @@ def serve(
 
     from prefect.runner import Runner
 
+    from db.session import connect
     from flows.pipelines.calibrate import calibrate as calibrate_flow
     from flows.pipelines.evaluate import evaluate as evaluate_flow
 
@@ -696,6 +748,7 @@ def serve(
         runner.add_flow(served.with_options(task_runner=tasks), name=name, parameters=defaults)
     shown = f" with default parameters {', '.join(defaults)}" if defaults else ""
     err.print(f"serving deployments evaluate/{name} and calibrate/{name}{shown}; Ctrl-C stops")
+    resume_collector()  # it serves for as long as it is left running
     try:
         asyncio.run(runner.start())
     except KeyboardInterrupt:

@@ -40,7 +40,19 @@ def steps_table(trace: SolveTrace) -> Table:
     return table
 
 
+def search_statistics(trace: SolveTrace) -> dict[str, tuple[int, float]]:
+    """Visit count and mean value per candidate key, as tree search (mcts) last backed them up: the
+    latest `visits`/`values` entry of each key over the steps' details, in execution order."""
+    stats: dict[str, tuple[int, float]] = {}
+    for step in trace.steps:
+        visits, values = step.detail.get("visits"), step.detail.get("values")
+        if isinstance(visits, dict) and isinstance(values, dict):
+            stats |= {key: (int(visits[key]), float(values[key])) for key in visits if key in values}
+    return stats
+
+
 def candidate_tree(trace: SolveTrace, roots: list[TreeNode], chosen: str | None) -> Tree:
+    stats = search_statistics(trace)
     verdict = {True: "[green]correct[/]", False: "[red]wrong[/]", None: "[dim]ungraded[/]"}[trace.correct]
     tree = Tree(
         f"[bold]{trace.strategy}[/] N={trace.budget} · answer [bold]{trace.answer}[/] {verdict} · "
@@ -51,9 +63,10 @@ def candidate_tree(trace: SolveTrace, roots: list[TreeNode], chosen: str | None)
         score = f"{node.score:.3f}" if node.score is not None else "—"
         mark = " [bold yellow]★ chosen[/]" if node.key == chosen else ""
         answer = f" [cyan]→ {node.answer}[/]" if node.answer is not None else ""
+        visited = f" n={stats[node.key][0]} v={stats[node.key][1]:.3f}" if node.key in stats else ""
         style = "dim" if node.kind == "rollout" else ""
         label = Text.from_markup(
-            f"[{style or 'default'}]{node.key} r{node.round} {node.kind} s={score}[/]{answer}{mark}  "
+            f"[{style or 'default'}]{node.key} r{node.round} {node.kind} s={score}{visited}[/]{answer}{mark}  "
         )
         label.append(_clip(node.text), style="dim" if node.kind == "rollout" else "")
         branch = parent.add(label)

@@ -11,8 +11,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flows.pipelines.plots import plot_testbed_report
-
 testbed_app = typer.Typer(help="The built-in testbed: a synthetic arithmetic task and three small models.")
 console = Console()
 
@@ -70,6 +68,7 @@ def report(
     """Measure proposer pass@1 by difficulty, PRM AUC, weighted best-of-N vs majority, revisions."""
     import torch
 
+    from flows.pipelines.plots import plot_testbed_report
     from ttc_nodes.testbed.report import ReportSettings, build_report
 
     torch.set_num_threads(threads)
