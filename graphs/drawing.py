@@ -26,6 +26,7 @@ BUILT_IN = (
     "dvts",
     "lookahead",
     "majority",
+    "mcts",
     "particle_filtering",
     "revisions",
 )

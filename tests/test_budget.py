@@ -29,6 +29,10 @@ def plans(draw):
     if name == "revisions":
         values["chains"] = draw(st.sampled_from([c for c in (1, 2, 4, 8) if budget % c == 0]))
         values["selection"] = draw(st.sampled_from(["verifier", "majority"]))
+    if name == "mcts":
+        values["expansions"] = draw(st.integers(1, 8))
+        values["max_iterations"] = draw(st.integers(1, 40))
+        values["rollout"] = draw(st.booleans())
     values["aggregation"] = draw(st.sampled_from(["last", "min", "prod"]))
     return name, values
 
@@ -48,7 +52,14 @@ def test_no_strategy_spends_more_than_its_budget(plan, finish_rate, seed):
     budget = strategy_settings.budget
     assert 0 < result.spend.generations <= budget
     sampled = [len(prompts) * n for prompts, n, temperature in proposer.calls if temperature > 0]
-    if name in STEPWISE:
+    if name == "mcts":
+        # One lane per leaf of the tree (ttc_nodes/mcts.py), plus k rollout lanes reused every round.
+        tree = result.state["tree"]
+        leaves = len(tree) - len({c.parent for c in tree.values() if c.parent is not None})
+        reserve = strategy_settings.expansions if strategy_settings.rollout else 0
+        assert max(sampled) <= strategy_settings.expansions
+        assert result.spend.generations == leaves + reserve
+    elif name in STEPWISE:
         # Peak parallel lanes, each lookahead lane carrying k greedy rollout lanes beside it.
         lanes = getattr(strategy_settings, "beams", budget)
         assert max(sampled) <= lanes
