@@ -11,6 +11,9 @@ budgeted and stored like any built-in one. Run it (testbed models; the default d
     .venv/bin/python examples/custom_node.py
     .venv/bin/python examples/custom_node.py "Compute 10 + 6 - 4 + 3 + 7 - 3 - 5 + 1 - 9 + 7 - 4 + 8 - 1." \
         --reference 16 --max-steps 11 --budget 8
+
+With `--set early_stop=posterior` (or `confidence`) the same steps run in rounds with a settle node
+after each round (`graphs.early_stopping.in_rounds`, docs/early-stopping.md): two lines in `build`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from db.session import connect
 from flows.service.config import ModelSettings
 from flows.service.solving import solve_question
 from graphs import best_of_n, registry
+from graphs.early_stopping import in_rounds
 from graphs.linear import linear_graph
 from graphs.runner import StrategyGraph
 from graphs.settings import WeightedBestOfNSettings
@@ -51,6 +55,8 @@ def build(settings: ShortAnswerSettings) -> StrategyGraph:
     steps = best_of_n.steps(settings)
     at = [name for name, _ in steps].index("select")
     steps.insert(at, ("drop_long", partial(drop_long, max_steps=settings.max_steps)))
+    if settings.early_stop != "off":  # sample in rounds; stop once the weighted vote is settled
+        return in_rounds("short_best_of_n", steps, settings, weighting="score")
     return linear_graph("short_best_of_n", steps)
 
 

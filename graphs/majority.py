@@ -1,9 +1,11 @@
-"""Majority vote: sample N answers, return the most frequent one (no verifier)."""
+"""Majority vote: sample N answers, return the most frequent one (no verifier). With `early_stop`
+set, the answers are sampled in rounds until the vote is settled (graphs/early_stopping.py)."""
 
 from __future__ import annotations
 
 from functools import partial
 
+from graphs.early_stopping import in_rounds
 from graphs.linear import Steps, linear_graph
 from graphs.runner import StrategyGraph
 from graphs.sampling import answer_sampler
@@ -19,4 +21,6 @@ def steps(settings: MajoritySettings) -> Steps:
 
 
 def build(settings: MajoritySettings) -> StrategyGraph:
+    if settings.early_stop != "off":
+        return in_rounds("majority", steps(settings), settings, weighting="count")
     return linear_graph("majority", steps(settings))

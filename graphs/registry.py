@@ -16,7 +16,7 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
-from graphs import beam_search, best_of_n, dvts, lookahead, majority, particle_filtering, revisions
+from graphs import beam_search, best_of_n, dvts, lookahead, majority, mcts, particle_filtering, revisions
 from graphs.runner import StrategyGraph
 from graphs.settings import (
     BeamSettings,
@@ -24,6 +24,7 @@ from graphs.settings import (
     DVTSSettings,
     LookaheadSettings,
     MajoritySettings,
+    MCTSSettings,
     ParticleFilteringSettings,
     RevisionSettings,
     StrategySettings,
@@ -168,5 +169,12 @@ register(
     ParticleFilteringSettings,
     particle_filtering.build,
     "N partial solutions resampled each step by PRM weight",
+    stepwise=True,
+)
+register(
+    "mcts",
+    MCTSSettings,
+    mcts.build,
+    "Monte-Carlo tree search over steps: PUCT by step prior, PRM values backed up",
     stepwise=True,
 )

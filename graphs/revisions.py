@@ -1,7 +1,8 @@
 """Sequential revisions: parallel chains, each answer revised given the chain's last ≤4 answers.
 
 N = chains × chain_length. The final answer is selected across each whole chain (revisions can
-break a correct answer): hierarchically with the PRM, or by one flat majority vote.
+break a correct answer): hierarchically with the PRM, or by one flat majority vote. With `early_stop`
+set, a settle node between revision rounds stops the chains once their answers agree.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from functools import partial
 
 from langgraph.graph import END, START, StateGraph
 
+from graphs.early_stopping import add_settle
 from graphs.runner import StrategyGraph
 from graphs.settings import RevisionSettings
 from ttc_nodes.revise import revise, start_chains
@@ -44,7 +46,11 @@ def build(settings: RevisionSettings) -> StrategyGraph:
         return "revise" if len(state["chains"][0]) < length else after_chains
 
     graph.add_edge(START, "start")
-    graph.add_conditional_edges("start", chains_growing, ["revise", after_chains])
-    graph.add_conditional_edges("revise", chains_growing, ["revise", after_chains])
+    if settings.early_stop != "off":
+        # Scores come only after the chains end, so the rounds settle on a count of all answers so far.
+        add_settle(graph, settings, after=["start", "revise"], again="revise", done=after_chains, source="chains")
+    else:
+        graph.add_conditional_edges("start", chains_growing, ["revise", after_chains])
+        graph.add_conditional_edges("revise", chains_growing, ["revise", after_chains])
     graph.add_edge("select", END)
     return graph.compile(name="revisions")

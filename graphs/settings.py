@@ -52,13 +52,48 @@ class StrategySettings(BaseModel):
         return True
 
 
-class MajoritySettings(StrategySettings):
+EarlyStopRule = Literal["off", "posterior", "confidence"]
+
+
+class EarlyStopSettings(StrategySettings):
+    """Early stopping (docs/early-stopping.md): sample in rounds and stop once the leading answer is
+    settled. Off by default, and then the strategy's graph is exactly the one without it."""
+
+    early_stop: EarlyStopRule = Field(
+        "off", description="stop sampling once the answer is settled: off, posterior or confidence (DeepConf)"
+    )
+    early_stop_threshold: float = Field(
+        0.95,
+        gt=0.0,
+        lt=1.0,
+        description="posterior: P(the leader stays the leader); confidence: the kept samples' consensus share",
+    )
+    early_stop_round: int | None = Field(
+        None, ge=1, description="samples per round (default max(1, N/4)); at most the budget"
+    )
+    early_stop_keep: float = Field(
+        0.9, gt=0.0, lt=1.0, description="confidence: share of the first round kept (its confidence percentile)"
+    )
+
+    @model_validator(mode="after")
+    def _check_round(self) -> EarlyStopSettings:
+        if self.early_stop_round is not None and self.early_stop_round > self.budget:
+            raise ValueError(f"early_stop_round={self.early_stop_round} is larger than the budget N={self.budget}")
+        return self
+
+    @property
+    def round_size(self) -> int:
+        """Samples per round: `early_stop_round`, default max(1, N/4)."""
+        return self.early_stop_round if self.early_stop_round is not None else max(1, self.budget // 4)
+
+
+class MajoritySettings(EarlyStopSettings):
     @property
     def needs_verifier(self) -> bool:
         return False
 
 
-class BestOfNSettings(StrategySettings):
+class BestOfNSettings(EarlyStopSettings):
     weighted: bool = Field(False, description="sum scores per answer (best-of-N weighted)")
 
 
@@ -128,7 +163,7 @@ class DVTSSettings(TreeSearchSettings):
     )
 
 
-class RevisionSettings(StrategySettings):
+class RevisionSettings(EarlyStopSettings):
     chains: int | None = Field(None, ge=1, description="parallel revision chains")
     chain_length: int | None = Field(None, ge=1, description="answers per chain (1 + revisions)")
     selection: Literal["verifier", "majority"] = Field(
@@ -173,7 +208,7 @@ class RevisionSettings(StrategySettings):
         return self.chain_length / self.chains
 
 
-class ParticleFilteringSettings(StrategySettings):
+class ParticleFilteringSettings(EarlyStopSettings):
     resample_temperature: float = Field(
         1.0, gt=0.0, description="temperature of the resampling weights (score^(1/T)); higher keeps diversity"
     )
@@ -184,3 +219,43 @@ class ParticleFilteringSettings(StrategySettings):
         "unique",
         description="weighted vote over the distinct final particles, or over all N with their copies (its_hub)",
     )
+
+
+class MCTSSettings(StrategySettings):
+    """Monte-Carlo tree search over steps: PUCT selection, k-way expansion, PRM evaluation, mean backup."""
+
+    expansions: int | None = Field(
+        None, ge=1, description="k: next steps sampled per expanded leaf (default min(4, N), N/2 with rollout)"
+    )
+    c_puct: float = Field(1.0, gt=0.0, description="exploration constant of PUCT")
+    prior: Literal["logprob", "uniform"] = Field(
+        "logprob", description="PUCT prior: softmax of the siblings' step log-probabilities, or uniform (UCT)"
+    )
+    rollout: bool = Field(False, description="value a new step by a greedy rollout to an answer, not its own score")
+    final: Literal["most_visited", "weighted_vote"] = Field(
+        "most_visited", description="answer of the most-visited complete path, or a weighted vote over finished leaves"
+    )
+    # Four graph steps per iteration under the runner's recursion limit of 1000.
+    max_iterations: int = Field(200, ge=1, le=240, description="select-expand-evaluate-backup iterations at most")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_expansions(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("expansions") is None:
+            budget = _given_int(data, "budget", cls.model_fields["budget"].default)
+            if budget is not None:
+                lanes = budget // 2 if data.get("rollout") in (True, "true", "True", 1, "1") else budget
+                data = {**data, "expansions": max(1, min(4, lanes))}
+        return data
+
+    @model_validator(mode="after")
+    def _check_expansions(self) -> MCTSSettings:
+        assert self.expansions is not None
+        lanes = 2 * self.expansions if self.rollout else self.expansions
+        if lanes > self.budget:
+            rollouts = " and k rollout lanes" if self.rollout else ""
+            raise ValueError(
+                f"expansions k={self.expansions} does not fit the budget N={self.budget}: the first expansion "
+                f"opens k lanes{rollouts}"
+            )
+        return self

@@ -35,6 +35,7 @@ STRATEGIES = [
     "dvts",
     "revisions",
     "particle_filtering",
+    "mcts",
 ]
 BEAM = ["--strategy", "beam", "--budget", "4", "--set", "max_step_tokens=6", "--set", "max_rounds=2"]
 QUESTION = "What is 1+2?"

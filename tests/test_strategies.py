@@ -32,6 +32,7 @@ SMALL = {
     "dvts": {"budget": 8, "beam_width": 2, "max_step_tokens": 6, "max_rounds": 4},
     "revisions": {"budget": 6, "chains": 1, "max_answer_tokens": 16},
     "particle_filtering": {"budget": 4, "max_step_tokens": 6, "max_rounds": 4},
+    "mcts": {"budget": 8, "expansions": 3, "max_step_tokens": 6, "max_iterations": 10},
 }
 
 
@@ -128,7 +129,8 @@ def test_beam_search_keeps_top_n_over_m_prefixes_and_expands_each_m_times(models
         finished += sum(c.finished for c in by_round[r])
 
 
-def test_beam_tree_rebuilt_from_rows_matches_every_engine_call(models, database_url, monkeypatch):
+@pytest.mark.parametrize("strategy", ["beam", "mcts"])
+def test_search_tree_rebuilt_from_rows_matches_every_engine_call(strategy, models, database_url, monkeypatch):
     engine = load_proposer(models.proposer)
     calls: list[tuple[str, str]] = []
     original = engine.generate
@@ -140,7 +142,7 @@ def test_beam_tree_rebuilt_from_rows_matches_every_engine_call(models, database_
         return results
 
     monkeypatch.setattr(engine, "generate", recording)
-    _, trace, tree, paths = solve("beam", models, database_url, temperature=1.2)
+    _, trace, tree, paths = solve(strategy, models, database_url, temperature=1.2)
     rebuilt = Counter((DEFAULT_FORMAT.solution(trace.problem.question, path[:-1]), path[-1]) for path in paths.values())
     assert rebuilt == Counter(calls)
 

@@ -21,6 +21,11 @@ SEARCH_PLANS: dict[str, tuple[str, dict[str, Any]]] = {
     "dvts": ("dvts", {}),
     "revisions sequential": ("revisions", {"chains": 1}),
     "revisions chains=4": ("revisions", {"chains": 4}),
+    # Early stopping (docs/early-stopping.md) changes what a vote spends, so these run, not read off the pool.
+    "majority early_stop=posterior": ("majority", {"early_stop": "posterior"}),
+    "majority early_stop=confidence": ("majority", {"early_stop": "confidence"}),
+    "best_of_n_weighted early_stop=posterior": ("best_of_n_weighted", {"early_stop": "posterior"}),
+    "best_of_n_weighted early_stop=confidence": ("best_of_n_weighted", {"early_stop": "confidence"}),
 }
 DEFAULT_PLANS = [
     "best_of_n_weighted",
