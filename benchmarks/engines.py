@@ -21,7 +21,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,40 +34,14 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its INFO lines would bur
 
 import torch
 
+from benchmarks.timed import Timed
 from graphs import registry
 from graphs.runner import StrategyGraph, run_graph
-from ttc_nodes.engines import Completion, Proposer, Verifier, load_proposer, load_verifier
+from ttc_nodes.engines import Proposer, Verifier, load_proposer, load_verifier
 from ttc_nodes.prompts import DEFAULT_FORMAT
 from ttc_nodes.state import SolveContext
 from ttc_nodes.testbed import task
 from ttc_nodes.testbed.checkpoints import checkpoint_dir
-
-
-class Timed:
-    """A proposer that counts the seconds and completion tokens spent inside the engine it wraps."""
-
-    def __init__(self, engine: Proposer) -> None:
-        self.engine = engine
-        self.uri = engine.uri
-        self.parameters = engine.parameters
-        self.seconds = 0.0
-        self.tokens = 0
-
-    def generate(
-        self,
-        prompts: Sequence[str],
-        n: int,
-        *,
-        max_tokens: int,
-        temperature: float,
-        stop: Sequence[str] = (),
-        seed: int | None = None,
-    ) -> list[list[Completion]]:
-        began = time.perf_counter()
-        rows = self.engine.generate(prompts, n, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed)
-        self.seconds += time.perf_counter() - began
-        self.tokens += sum(c.completion_tokens for row in rows for c in row)
-        return rows
 
 
 @dataclass

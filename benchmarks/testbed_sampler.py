@@ -25,16 +25,16 @@ import argparse
 import random
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from benchmarks.timed import Timed
 from graphs import registry
 from graphs.runner import run_graph
-from ttc_nodes.engines import Completion, Proposer, load_proposer, load_verifier
+from ttc_nodes.engines import Proposer, load_proposer, load_verifier
 from ttc_nodes.engines.cached_sampler import CachedProposer
 from ttc_nodes.engines.hf import HFProposer
 from ttc_nodes.prompts import DEFAULT_FORMAT
@@ -99,35 +99,6 @@ def calls(args: argparse.Namespace) -> None:
             print(f"{kind:<10}{name:<34}{rate:>12.1f}{tokens[name] / seconds[name]:>12.0f}{rate / baseline:>8.2f}")
 
 
-class Counted:
-    """A proposer that counts the seconds, prompt tokens sent and completion tokens of the engine it wraps."""
-
-    def __init__(self, engine: CachedProposer) -> None:
-        self.engine = engine
-        self.uri = engine.uri
-        self.parameters = engine.parameters
-        self.seconds = 0.0
-        self.sent = 0
-        self.generated = 0
-
-    def generate(
-        self,
-        prompts: Sequence[str],
-        n: int,
-        *,
-        max_tokens: int,
-        temperature: float,
-        stop: Sequence[str] = (),
-        seed: int | None = None,
-    ) -> list[list[Completion]]:
-        began = time.perf_counter()
-        rows = self.engine.generate(prompts, n, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed)
-        self.seconds += time.perf_counter() - began
-        self.sent += sum(c.prompt_tokens for row in rows for c in row)
-        self.generated += sum(c.completion_tokens for row in rows for c in row)
-        return rows
-
-
 def beam(args: argparse.Namespace) -> None:
     settings = registry.get("beam").configure({"budget": args.budget, "beam_width": args.beam_width})
     graph = registry.compile_graph("beam", settings)
@@ -141,7 +112,7 @@ def beam(args: argparse.Namespace) -> None:
         engine = load_proposer(uri)
         assert isinstance(engine, CachedProposer)
         engine.generate(["Question: 1 + 1"], 2, max_tokens=4, temperature=1.0, seed=0)  # warm-up, not counted
-        engines[name] = Counted(engine)
+        engines[name] = Timed(engine)
     before = {name: counted.engine.prefix_cache() for name, counted in engines.items()}
     answers = dict.fromkeys(engines, 0)
     for index, question in enumerate(questions):
@@ -160,8 +131,8 @@ def beam(args: argparse.Namespace) -> None:
         stats = counted.engine.prefix_cache() - before[name]
         read = stats.prompt_tokens - stats.cached_tokens  # prompt tokens the model computed
         print(
-            f"{name:<12}{counted.seconds:>9.2f}{counted.generated:>11d}{counted.sent / counted.generated:>10.2f}"
-            f"{read / counted.generated:>10.2f}{stats.hit_rate:>10.1%}{answers[name]:>9d}"
+            f"{name:<12}{counted.seconds:>9.2f}{counted.tokens:>11d}{counted.sent / counted.tokens:>10.2f}"
+            f"{read / counted.tokens:>10.2f}{stats.hit_rate:>10.1%}{answers[name]:>9d}"
         )
     on, off = engines["cache on"], engines["cache off"]
     print(f"prefix cache: {off.seconds / on.seconds:.2f}× less proposer time")
