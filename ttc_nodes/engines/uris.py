@@ -50,7 +50,8 @@ ENTRY_POINTS = "ttc.engines"  # the entry-point group of plug-in schemes
 
 _proposer_loaders: dict[str, Loader] = {}
 _verifier_loaders: dict[str, Loader] = {}
-_cache: dict[tuple[str, str], Any] = {}
+_resolvers: dict[str, Callable[[str], str]] = {}
+_cache: dict[tuple[str, str, str], Any] = {}
 _lock = threading.RLock()  # re-entrant: a `judge:` loader loads the proposer it wraps
 _plugins_loaded = False
 _plugin_failures: dict[str, str] = {}  # entry point → why it could not register its schemes
@@ -76,13 +77,23 @@ def masked_uri(uri: str) -> str:
     return _SECRET_OPTION.sub(r"\1***", _USERINFO.sub(hide, uri))
 
 
-def register_scheme(scheme: str, *, proposer: Loader | None = None, verifier: Loader | None = None) -> None:
-    """Teach `load_proposer` / `load_verifier` a new URI scheme. A loader gets (location, options, uri)."""
+def register_scheme(
+    scheme: str,
+    *,
+    proposer: Loader | None = None,
+    verifier: Loader | None = None,
+    resolve: Callable[[str], str] | None = None,
+) -> None:
+    """Teach `load_proposer` / `load_verifier` a new URI scheme. A loader gets (location, options, uri).
+    `resolve(location)` names what a location stands for now (a scheme whose names point to files an
+    environment variable chooses): engines are cached by URI and by that, so a changed target loads anew."""
     with _lock:
         if proposer is not None:
             _proposer_loaders[scheme] = proposer
         if verifier is not None:
             _verifier_loaders[scheme] = verifier
+        if resolve is not None:
+            _resolvers[scheme] = resolve
 
 
 def parse_uri(uri: str) -> tuple[str, str, dict[str, str]]:
@@ -104,9 +115,11 @@ def _load(kind: str, loaders: dict[str, Loader], uri: str) -> Any:
             known = ", ".join(sorted(loaders)) or "none"
             broken = "".join(f"; plug-in {name!r} failed: {why}" for name, why in _plugin_failures.items())
             raise ValueError(f"unknown {kind} scheme {scheme!r} in {masked_uri(uri)!r}; known schemes: {known}{broken}")
-        if (kind, uri) not in _cache:
-            _cache[(kind, uri)] = loaders[scheme](location, options, uri)
-        return _cache[(kind, uri)]
+        resolve = _resolvers.get(scheme)
+        key = (kind, uri, resolve(location) if resolve else location)
+        if key not in _cache:
+            _cache[key] = loaders[scheme](location, options, uri)
+        return _cache[key]
 
 
 def _load_plugins() -> None:

@@ -18,7 +18,9 @@ from ttc_nodes.testbed.checkpoints import checkpoint_path
 
 def register() -> None:
     """Teach `load_proposer` / `load_verifier` the `testbed:` scheme."""
-    register_scheme("testbed", proposer=proposer, verifier=verifier)
+    register_scheme(
+        "testbed", proposer=proposer, verifier=verifier, resolve=lambda location: str(checkpoint_path(location))
+    )
 
 
 def proposer(location: str, options: dict[str, str], uri: str) -> Any:
