@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 from ttc_nodes.engines.base import Completion
-from ttc_nodes.engines.batcher import Batcher, shared_batcher
+from ttc_nodes.engines.batcher import Batcher, chunks, shared_batcher
 
-T = TypeVar("T")
+__all__ = ["BatchedProposer", "Row", "Sampling", "chunks", "row_seed"]
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,6 @@ class Sampling:
     temperature: float
     stop: tuple[str, ...]
     seed: int | None
-
-
-def chunks(items: Sequence[T], size: int) -> list[list[T]]:
-    """`items` in consecutive slices of at most `size`."""
-    return [list(items[start : start + size]) for start in range(0, len(items), size)]
 
 
 def row_seed(seed: int | None, position: int, sample: int) -> int | None:

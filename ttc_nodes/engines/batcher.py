@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 K = TypeVar("K")  # what the rows of one model call share
 R = TypeVar("R")  # a row
 V = TypeVar("V")  # the result of a row
+T = TypeVar("T")
 
 WINDOW_MS = "TTC_BATCH_WINDOW_MS"  # how long a lone call waits for company, in milliseconds
 TIMEOUT_S = "TTC_BATCH_TIMEOUT_S"  # how long a call waits while no model call finishes, in seconds
@@ -46,6 +47,11 @@ class BatchTimeout(EngineError):
 
 class BatchAborted(EngineError):
     """The thread running a merged model call stopped before the call's results came back."""
+
+
+def chunks(items: Sequence[T], size: int) -> list[list[T]]:
+    """`items` in consecutive slices of at most `size`."""
+    return [list(items[start : start + size]) for start in range(0, len(items), size)]
 
 
 def _setting(name: str, default: float) -> float:
@@ -204,8 +210,7 @@ class Batcher(Generic[K, R, V]):
             start += len(call.rows)
 
     def _rows(self, key: K, rows: list[R]) -> list[V]:
-        size = self.max_rows or len(rows)
-        results = self._run(key, [rows[start : start + size] for start in range(0, len(rows), size)])
+        results = self._run(key, chunks(rows, self.max_rows or len(rows)))
         if len(results) != len(rows):
             raise EngineError(f"{self.name}: the model returned {len(results)} results for {len(rows)} rows")
         return results
