@@ -19,6 +19,7 @@ from typer._click import exceptions as click  # Typer vendors its own click; its
 from typer.core import TyperGroup
 
 from flows.cli.process import (
+    EXIT_BAD_INPUT,
     EXIT_PROMPTS_FAILED,
     launch_prefect_server,
     pause_collector,
@@ -64,7 +65,7 @@ class OneLineErrors(TyperGroup):
             if isinstance(error, click.UsageError) and error.ctx is not None:
                 message = f"{error.ctx.command_path}: {message}"
             say_error(message)
-            sys.exit(2 if isinstance(error, click.UsageError) else error.exit_code)
+            sys.exit(EXIT_BAD_INPUT if isinstance(error, click.UsageError) else error.exit_code)
         except typer.Abort:
             sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)
@@ -120,7 +121,7 @@ def say_error(message: str) -> None:
 
 def fail(message: str) -> NoReturn:
     say_error(message)
-    raise typer.Exit(2)
+    raise typer.Exit(EXIT_BAD_INPUT)
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

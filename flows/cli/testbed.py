@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.cli.process import EXIT_BAD_INPUT
+
 testbed_app = typer.Typer(help="The built-in testbed: a synthetic arithmetic task and three small models.")
 console = Console()
 
@@ -45,7 +47,7 @@ def train(
         timings = run_training(target, quick=quick, seed=seed, start=start, stop=stop)
     except (FileNotFoundError, ValueError) as error:
         console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     table = Table(title=f"testbed trained into {target}")
     table.add_column("stage")
     table.add_column("seconds", justify="right")
