@@ -111,6 +111,17 @@ def test_calibrate_then_evaluate_with_the_policy_at_a_budget_or_a_total_budget(d
     with connect(database_url)() as session:
         assert queries.policy(session, "calib") is not None
     assert {row["budget"] for row in report["curve"]} == {1, 2, 4}
+    # Each plan is charged what its solves spent in the database; a pool plan spends its N.
+    with connect(database_url)() as session:
+        for n in (1, 2, 4):
+            searched = queries.find_run(session, f"calib/beam M=sqrt/{n}")
+            assert searched is not None
+            spent = {o.problem_key: o.generations for o in queries.solve_outcomes(session, searched.id)}
+            for b, by_budget in policy.fit.plan_spend.items():
+                members = [k for k, kb in policy.fit.bins.items() if kb == b]
+                assert by_budget[n]["beam M=sqrt"] == pytest.approx(sum(spent[k] for k in members) / len(members))
+                assert by_budget[n]["majority"] == n
+    assert all(row["compute_optimal_spend"] <= row["budget"] for row in report["curve"])
     plot = tmp_path / "policy.png"
     assert report["plot"] == str(plot) and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -124,6 +124,52 @@ def test_ties_go_to_the_first_label_in_sorted_order() -> None:
     assert fit.fold_choices[1][1] == ["m", "m"]
 
 
+def test_of_equally_accurate_plans_the_one_that_spent_less_wins_and_its_spend_is_reported() -> None:
+    # "stop" reaches the same accuracy as "full" but stops early: 4 of 16 generations on easy prompts.
+    bins = {f"e{i}": 1 for i in range(4)} | {f"h{i}": 2 for i in range(4)}
+    outcomes = {(p, lb, 16): float(p.startswith("e")) for p in bins for lb in ("full", "stop")}
+    spend = {(p, "stop", 16): 4.0 if p.startswith("e") else 16.0 for p in bins}
+    fit = fit_policy(outcomes, bins, spend=spend)
+    assert fit.choices == {1: {16: "stop"}, 2: {16: "full"}}  # bin 2: a tie on spend too, so by label
+    assert fit.plan_spend[1][16] == {"full": 16.0, "stop": 4.0}
+    assert fit.cv_spend == {1: {16: 4.0}, 2: {16: 16.0}}
+    assert fit.overall_spend(16) == 10.0  # half the prompts at 4, half at 16
+    assert fit.overall(16) == 0.5
+    # Without spend every cell spent its budget, as before: the tie goes to the label.
+    plain = fit_policy(outcomes, bins)
+    assert plain.choices[1][16] == "full" and plain.overall_spend(16) == 16.0
+
+
+def test_a_spend_outside_zero_to_the_budget_is_refused() -> None:
+    bins = {"a": 1, "b": 1}
+    outcomes = {(p, "x", 4): 1.0 for p in bins}
+    with pytest.raises(ValueError, match=r"spend must lie in \[0, N\]; 1 do not, e.g. \('a', 'x', 4\) spent 5.0"):
+        fit_policy(outcomes, bins, spend={("a", "x", 4): 5.0})
+    with pytest.raises(ValueError, match="spend must lie"):
+        fit_policy(outcomes, bins, spend={("b", "x", 4): -1.0})
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_cv_spend_is_the_held_out_spend_of_the_fold_choices_and_never_above_the_budget(data: st.DataObject) -> None:
+    n_problems = data.draw(st.integers(2, 8))
+    bins = {f"p{i}": 1 for i in range(n_problems)}
+    labels = ["a", "b", "c"]
+    outcomes = {(p, lb, 8): data.draw(dyadic) for p in bins for lb in labels}
+    spend = {cell: float(data.draw(st.integers(0, 8))) for cell in outcomes}
+    fit = fit_policy(outcomes, bins, spend=spend)
+    held_out = [spend[(p, fit.fold_choices[1][8][fit.folds[p]], 8)] for p in bins]
+    assert fit.cv_spend[1][8] == math.fsum(held_out) / len(held_out)
+    assert 0.0 <= fit.overall_spend(8) <= 8.0
+    for fold, choice in enumerate(fit.fold_choices[1][8]):
+        training = [p for p in bins if fit.folds[p] != fold]
+
+        def key(lb: str, training: list[str] = training) -> tuple[float, float, str]:
+            return (-sum(outcomes[(p, lb, 8)] for p in training), sum(spend[(p, lb, 8)] for p in training), lb)
+
+        assert choice == min(labels, key=key)  # accuracy first, then spend, then label
+
+
 def test_each_fold_is_scored_with_the_choice_fitted_on_the_other() -> None:
     # A is perfect on fold 0 only, B on fold 1 only: the fold-1 fit picks B, which scores 0 on fold 0,
     # and the other way round. In-sample, either plan looks half right; a per-fold oracle would be perfect.
@@ -261,6 +307,15 @@ def test_policy_round_trips_through_json(tmp_path: Path) -> None:
     assert path.read_text().startswith('{\n  "difficulty": "predicted"')
     assert Policy.load(path) == policy
     assert Policy.load(path).fit.cv_accuracy == {1: {4: 1.0, 16: 1.0}, 2: {4: 1.0, 16: 1.0}}
+
+
+def test_a_policy_written_before_spend_was_recorded_loads_and_reads_its_spend_as_the_budget(tmp_path: Path) -> None:
+    data = example_policy().model_dump(mode="json")
+    del data["fit"]["cv_spend"], data["fit"]["plan_spend"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    policy = Policy.load(path)
+    assert policy.fit.overall_spend(4) == 4.0 and policy.fit.overall_spend(16) == 16.0
 
 
 def test_plan_for_uses_the_largest_calibrated_budget_not_above_the_request() -> None:

@@ -691,18 +691,30 @@ def calibration_table(report: dict[str, Any]) -> Table:
     table = Table(
         title=f"policy {report['policy']} → {report['out']} ({report['prompts']} prompts)", title_justify="left"
     )
-    for column in ("budget", "best-of-N weighted", "compute-optimal (2-fold CV)"):
+    for column in ("budget", "best-of-N weighted", "compute-optimal (2-fold CV)", "generations spent"):
         table.add_column(column, justify="right")
     for row in report["curve"]:
         baseline = row["best_of_n_weighted"]
         table.add_row(
-            str(row["budget"]), "—" if baseline is None else f"{baseline:.3f}", f"{row['compute_optimal']:.3f}"
+            str(row["budget"]),
+            "—" if baseline is None else f"{baseline:.3f}",
+            f"{row['compute_optimal']:.3f}",
+            f"{row['compute_optimal_spend']:.1f}",
         )
-    table.caption = (
-        f"compute-optimal matches best-of-N weighted at N={report['baseline_budget']} "
-        f"with N={report['matching_budget']}; accuracy against budget plotted in {report['plot']}"
-    )
+    table.caption = f"{efficiency_sentence(report)}; accuracy against budget plotted in {report['plot']}"
     return table
+
+
+def efficiency_sentence(report: dict[str, Any]) -> str:
+    """The calibration's headline in words: how many times fewer generations compute-optimal needs."""
+    baseline = report["baseline_budget"]
+    if report["efficiency"] is None:
+        return f"compute-optimal does not reach best-of-N weighted's accuracy at N={baseline} at any budget"
+    return (
+        f"compute-optimal reaches best-of-N weighted's accuracy at N={baseline} with "
+        f"{report['matching_spend']:.1f} generations per prompt (budget {report['matching_budget']}): "
+        f"{report['efficiency']:.1f}× fewer"
+    )
 
 
 @app.command()

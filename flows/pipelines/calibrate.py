@@ -49,6 +49,7 @@ POOL_STRATEGY = "best_of_n_weighted"
 Pools = dict[str, tuple[list[tuple[str | None, float | None]], str | None]]
 """Problem key -> the pool's (answer, score) samples in sampling order, and the reference."""
 Outcomes = dict[tuple[str, str, int], float]
+"""(problem key, plan label, N) -> accuracy; the same cells -> generations spent, for the run plans."""
 """(problem key, plan label, budget) -> accuracy of that plan on that prompt at that budget."""
 
 
@@ -161,9 +162,9 @@ def calibrate(
 
     pools, pool_failures = sample_pools(request, name, recorder, database)
     outcomes = read_pool_plans(pools, request, subsets)
-    searched, search_failures = run_search_plans(request, name, recorder, database)
+    searched, spent, search_failures = run_search_plans(request, name, recorder, database)
     thresholds, bin_of = bin_by_difficulty(pools, difficulty, difficulty_samples, bins)
-    report = fit_and_save({**outcomes, **searched}, thresholds, bin_of, request, difficulty, name, out, recorder)
+    report = fit_and_save({**outcomes, **searched}, spent, thresholds, bin_of, request, difficulty, name, out, recorder)
 
     logger.info("policy %s written to %s", name, out)
     result = {"policy": name, "out": out, "prompts": len(bin_of), "failed": pool_failures + search_failures, **report}
@@ -199,10 +200,14 @@ def read_pool_plans(pools: Pools, request: Calibration, subsets: int) -> Outcome
     return outcomes
 
 
-def run_search_plans(request: Calibration, name: str, recorder: Recorder, database: str | None) -> tuple[Outcomes, int]:
+def run_search_plans(
+    request: Calibration, name: str, recorder: Recorder, database: str | None
+) -> tuple[Outcomes, Outcomes, int]:
     """Phase 3: run every other plan at every budget it is valid for, each in the run
-    `{name}/{label}/{N}` (resumed by name). Their per-prompt correctness, and how many solves failed."""
+    `{name}/{label}/{N}` (resumed by name). Their per-prompt correctness, the generations each solve
+    actually spent (less than N where a plan stops early), and how many solves failed."""
     outcomes: Outcomes = {}
+    spent: Outcomes = {}
     failed = 0
     votes = pool_plans()
     for label, plan in request.plans.items():
@@ -220,9 +225,10 @@ def run_search_plans(request: Calibration, name: str, recorder: Recorder, databa
             )
             failed += len(errors)
             recorder.close_run(run_id, "partial" if errors else "done")
-            for key, correct_value in run_correctness(database, run_id).items():
+            for key, (correct_value, generations) in run_correctness(database, run_id).items():
                 outcomes[(key, label, n)] = correct_value
-    return outcomes, failed
+                spent[(key, label, n)] = min(generations, float(n))
+    return outcomes, spent, failed
 
 
 def bin_by_difficulty(
@@ -250,6 +256,7 @@ def bin_by_difficulty(
 
 def fit_and_save(
     outcomes: Outcomes,
+    spent: Outcomes,
     thresholds: list[float],
     bin_of: Mapping[str, int],
     request: Calibration,
@@ -258,9 +265,14 @@ def fit_and_save(
     out: str,
     recorder: Recorder,
 ) -> dict[str, Any]:
-    """Phase 5: fit θ*(bin, N) by two-fold cross-validation inside each bin; write the policy to `out`
-    and the database, plot it, publish the report as artifacts and return it."""
-    fit = fit_policy({k: v for k, v in outcomes.items() if k[0] in bin_of}, dict(bin_of))
+    """Phase 5: fit θ*(bin, N) by two-fold cross-validation inside each bin, charging each plan what it
+    spent (pool plans spend N); write the policy to `out` and the database, plot it, publish the report
+    as artifacts and return it."""
+    fit = fit_policy(
+        {k: v for k, v in outcomes.items() if k[0] in bin_of},
+        dict(bin_of),
+        spend={k: v for k, v in spent.items() if k[0] in bin_of},
+    )
     policy = Policy(
         difficulty=difficulty,
         difficulty_samples=request.difficulty_samples,
@@ -293,36 +305,57 @@ def pool_samples(database: str | None, run_id: str) -> Pools:
         return {key: (pool.samples, pool.reference) for key, pool in queries.answer_pools(session, run_id).items()}
 
 
-def run_correctness(database: str | None, run_id: str) -> dict[str, float]:
+def run_correctness(database: str | None, run_id: str) -> dict[str, tuple[float, float]]:
+    """Per problem key of the run's finished solves: (1.0 if correct else 0.0, generations spent)."""
     with connect(database)() as session:
-        return {t.problem.key: float(bool(t.correct)) for t in queries.trace_of(session, run_id) if t.status == "done"}
+        return {
+            o.problem_key: (float(bool(o.correct)), o.generations)
+            for o in queries.solve_outcomes(session, run_id)
+            if o.status == "done"
+        }
 
 
 def efficiency_report(policy: Policy, budgets: Sequence[int]) -> dict[str, Any]:
     """Compute-optimal (cross-validated) against best-of-N weighted at each budget, and the smallest
-    budget at which compute-optimal matches best-of-N weighted at the largest budget."""
+    budget at which compute-optimal matches best-of-N weighted at the largest budget.
+
+    The efficiency is that largest budget over what compute-optimal actually spent at the matching
+    budget (its mean generations per prompt, less than the budget where its plans stop early);
+    `nominal_efficiency` divides by the matching budget itself."""
     rows: list[dict[str, Any]] = []
     for n in budgets:
         baseline = policy.fit.baseline("best_of_n_weighted", n) if "best_of_n_weighted" in policy.plans else None
-        rows.append({"budget": n, "best_of_n_weighted": baseline, "compute_optimal": policy.fit.overall(n)})
+        rows.append(
+            {
+                "budget": n,
+                "best_of_n_weighted": baseline,
+                "compute_optimal": policy.fit.overall(n),
+                "compute_optimal_spend": policy.fit.overall_spend(n),
+            }
+        )
     target_budget = max(budgets)
     target = rows[-1]["best_of_n_weighted"]
     matched = None
     if target is not None:
-        matched = next((r["budget"] for r in rows if r["compute_optimal"] >= target - 1e-12), None)
+        matched = next((r for r in rows if r["compute_optimal"] >= target - 1e-12), None)
     return {
         "curve": rows,
         "baseline_budget": target_budget,
-        "matching_budget": matched,
-        "efficiency": (target_budget / matched) if matched else None,
+        "matching_budget": matched["budget"] if matched else None,
+        "matching_spend": matched["compute_optimal_spend"] if matched else None,
+        "efficiency": (target_budget / matched["compute_optimal_spend"])
+        if matched and matched["compute_optimal_spend"] > 0
+        else None,
+        "nominal_efficiency": (target_budget / matched["budget"]) if matched else None,
     }
 
 
 def publish(report: Mapping[str, Any], name: str) -> None:
     create_table_artifact(report["curve"], key="calibration-curve", description=f"policy {name}: accuracy by budget")
     create_markdown_artifact(
-        f"# Policy {name}\n\nCompute-optimal matches best-of-N weighted at N={report['baseline_budget']} "
-        f"with N={report['matching_budget']} ({report['efficiency']}× fewer generations).\n\n```json\n"
+        f"# Policy {name}\n\nCompute-optimal reaches best-of-N weighted's accuracy at N={report['baseline_budget']} "
+        f"with {report['matching_spend']} generations per prompt at budget {report['matching_budget']} "
+        f"({report['efficiency']}× fewer generations).\n\n```json\n"
         f"{json.dumps(report['curve'], indent=2)}\n```",
         key="calibration-summary",
     )

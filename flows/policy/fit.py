@@ -1,6 +1,10 @@
 """Fitting the compute-optimal table θ*(bin, N) (Snell et al. 2024, §3): for each difficulty bin and
 budget, the plan with the best mean accuracy, chosen by two-fold cross-validation inside the bin so
-that the accuracy reported for a choice is measured on prompts the choice never saw."""
+that the accuracy reported for a choice is measured on prompts the choice never saw.
+
+Every outcome carries what it actually spent (generations). A plan that stops early (docs/early-stopping.md)
+spends less than its budget N: among plans of equal accuracy the cheaper wins, and the table reports the
+chosen plans' actual mean spend beside their accuracy, so compute-optimal is credited with the savings."""
 
 from __future__ import annotations
 
@@ -46,6 +50,10 @@ class PolicyFit(BaseModel):
     plan_accuracy: dict[int, dict[int, dict[str, float]]]  # bin -> N -> label -> mean over the bin
     bins: dict[str, int]  # problem key -> bin
     folds: dict[str, int]  # problem key -> fold
+    # Generations actually spent, as the accuracies above: the held-out spend of the fold choices, and
+    # each plan's mean over the bin. Empty in policies fitted before spend was recorded (read as N).
+    cv_spend: dict[int, dict[int, float]] = {}
+    plan_spend: dict[int, dict[int, dict[str, float]]] = {}
 
     def bin_sizes(self) -> dict[int, int]:
         """Calibration problems per bin."""
@@ -59,6 +67,13 @@ class PolicyFit(BaseModel):
         sizes = self.bin_sizes()
         self._require_budget(budget)
         return math.fsum(n * self.cv_accuracy[b][budget] for b, n in sizes.items()) / sum(sizes.values())
+
+    def overall_spend(self, budget: int) -> float:
+        """Cross-validated mean generations actually spent per problem at `budget` (at most `budget`)."""
+        sizes = self.bin_sizes()
+        self._require_budget(budget)
+        spent = (self.cv_spend.get(b, {}).get(budget, float(budget)) for b in sizes)
+        return math.fsum(n * s for n, s in zip(sizes.values(), spent, strict=True)) / sum(sizes.values())
 
     def baseline(self, label: str, budget: int) -> float:
         """A fixed plan's mean accuracy at `budget` over all problems, e.g. best-of-N weighted."""
@@ -82,25 +97,34 @@ def fit_policy(
     *,
     folds: int = 2,
     seed: int = 0,
+    spend: Mapping[tuple[str, str, int], float] | None = None,
 ) -> PolicyFit:
     """Fit θ*(bin, N) by `folds`-fold cross-validation inside each bin (Snell et al. 2024, §3.1).
 
     `outcomes[(problem, plan label, N)]` is that plan's accuracy on that problem (0/1 or an expected
     value in [0, 1]); `bins[problem]` its difficulty bin. Budgets are those that occur in `outcomes`.
+    `spend[(problem, plan label, N)]` is the generations that outcome used, in [0, N]; a cell without
+    one spent its whole budget N.
 
     A plan is eligible in (bin, N) only if it has an outcome for every problem of the bin, so each
     fold's choice (fitted on the other folds) can be scored on its own held-out problems; eligibility
     reads which cells exist, never their values. The choice maximises mean accuracy; ties go to the
-    label first in sorted order. A fold's problems never influence the choice they are scored with.
+    cheaper plan (lower mean spend), then to the label first in sorted order. A fold's problems never
+    influence the choice they are scored with.
 
     Raises ValueError for outcomes of problems without a bin, a bin with fewer problems than folds,
-    or a (bin, N) where no plan is eligible."""
+    a spend outside [0, N], or a (bin, N) where no plan is eligible."""
     unbinned = sorted({p for p, _, _ in outcomes} - bins.keys())
     if unbinned:
         raise ValueError(f"outcomes for problems without a bin: {unbinned[:5]}")
     invalid = [cell for cell, value in outcomes.items() if not 0.0 <= value <= 1.0]
     if invalid:
         raise ValueError(f"outcomes must lie in [0, 1]; {len(invalid)} do not, e.g. {invalid[0]}")
+    spent = {cell: float(cell[2]) for cell in outcomes} | dict(spend or {})
+    overspent = [cell for cell in outcomes if not 0.0 <= spent[cell] <= cell[2]]
+    if overspent:
+        cell = overspent[0]
+        raise ValueError(f"spend must lie in [0, N]; {len(overspent)} do not, e.g. {cell} spent {spent[cell]}")
     fold_of = fold_assignment(bins, folds=folds, seed=seed)
     budgets = sorted({n for _, _, n in outcomes})
     labels = sorted({label for _, label, _ in outcomes})
@@ -112,6 +136,8 @@ def fit_policy(
     fold_choices: dict[int, dict[int, list[str]]] = defaultdict(dict)
     cv_accuracy: dict[int, dict[int, float]] = defaultdict(dict)
     plan_accuracy: dict[int, dict[int, dict[str, float]]] = defaultdict(dict)
+    cv_spend: dict[int, dict[int, float]] = defaultdict(dict)
+    plan_spend: dict[int, dict[int, dict[str, float]]] = defaultdict(dict)
     for bin_, problems in sorted(members.items()):
         if len(problems) < folds:
             raise ValueError(f"bin {bin_} has {len(problems)} problems, fewer than the {folds} folds")
@@ -120,14 +146,22 @@ def fit_policy(
             if not eligible:
                 raise ValueError(f"no plan has outcomes for all {len(problems)} problems of bin {bin_} at N={budget}")
             held_out: list[float] = []
+            held_out_spend: list[float] = []
             for fold in range(folds):
                 training = [p for p in problems if fold_of[p] != fold]
-                choice = _argmax({lb: _mean(outcomes[(p, lb, budget)] for p in training) for lb in eligible})
+                choice = _best(
+                    {lb: _mean(outcomes[(p, lb, budget)] for p in training) for lb in eligible},
+                    {lb: _mean(spent[(p, lb, budget)] for p in training) for lb in eligible},
+                )
                 fold_choices[bin_].setdefault(budget, []).append(choice)
-                held_out += [outcomes[(p, choice, budget)] for p in problems if fold_of[p] == fold]
+                tested = [p for p in problems if fold_of[p] == fold]
+                held_out += [outcomes[(p, choice, budget)] for p in tested]
+                held_out_spend += [spent[(p, choice, budget)] for p in tested]
             cv_accuracy[bin_][budget] = _mean(held_out)
+            cv_spend[bin_][budget] = _mean(held_out_spend)
             plan_accuracy[bin_][budget] = {lb: _mean(outcomes[(p, lb, budget)] for p in problems) for lb in eligible}
-            choices[bin_][budget] = _argmax(plan_accuracy[bin_][budget])
+            plan_spend[bin_][budget] = {lb: _mean(spent[(p, lb, budget)] for p in problems) for lb in eligible}
+            choices[bin_][budget] = _best(plan_accuracy[bin_][budget], plan_spend[bin_][budget])
     return PolicyFit(
         choices=choices,
         fold_choices=fold_choices,
@@ -135,6 +169,8 @@ def fit_policy(
         plan_accuracy=plan_accuracy,
         bins=dict(bins),
         folds=fold_of,
+        cv_spend=cv_spend,
+        plan_spend=plan_spend,
     )
 
 
@@ -144,6 +180,6 @@ def _mean(values: Iterable[float]) -> float:
     return math.fsum(collected) / len(collected)
 
 
-def _argmax(table: Mapping[str, float]) -> str:
-    """The label with the highest value; ties go to the first label in sorted order."""
-    return min(table, key=lambda label: (-table[label], label))
+def _best(accuracy: Mapping[str, float], spend: Mapping[str, float]) -> str:
+    """The label with the highest accuracy; ties go to the lower spend, then the first label in sorted order."""
+    return min(accuracy, key=lambda label: (-accuracy[label], spend[label], label))
