@@ -1,4 +1,4 @@
-"""Imports run one way: flows → graphs → ttc_nodes and flows → db, and inside each package from the
+"""Imports run one way: ttc → flows → graphs → ttc_nodes and flows → db, and inside each package from the
 top of the house down (the CLI over the Prefect flows over the solve service over the policy maths;
 the testbed over the engines). Every import is read, module-level or inside a function."""
 
@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("flows", "graphs", "ttc_nodes", "db")
+PACKAGES = ("ttc", "flows", "graphs", "ttc_nodes", "db")
 
 # Each layer (the longest matching module prefix) and the layers it may import. A layer always
 # may import itself.
 MAY_IMPORT: dict[str, tuple[str, ...]] = {
+    "ttc": ("flows", "graphs", "ttc_nodes", "db"),  # the public API: re-exports from the four packages
     "flows": (),  # the package's __init__: environment defaults only
     "flows.cli": ("flows", "graphs", "ttc_nodes", "db"),
+    "flows.gateway": ("flows.gateway", "flows.service", "flows.policy", "graphs", "ttc_nodes", "db"),
     "flows.pipelines": ("flows.pipelines", "flows.service", "flows.policy", "graphs", "ttc_nodes", "db"),
     "flows.service": ("flows.service", "graphs", "ttc_nodes", "db"),
     "flows.policy": ("flows.policy", "graphs", "ttc_nodes"),
@@ -30,6 +32,7 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
 # Third-party frameworks a layer must not reach: nodes and strategies never open a database session
 # or a Prefect context, and the policy maths are pure.
 MUST_NOT_IMPORT: dict[str, tuple[str, ...]] = {
+    "flows.gateway": ("prefect",),  # it serves solves, not flows: no Prefect server behind a request
     "flows.policy": ("prefect", "sqlalchemy"),
     "graphs": ("prefect", "sqlalchemy"),
     "ttc_nodes": ("prefect", "sqlalchemy"),
@@ -103,7 +106,7 @@ def test_the_walk_sees_every_package_and_lazy_imports(tmp_path: Path, monkeypatc
     (tmp_path / "ttc_nodes" / "__init__.py").write_text("")
     (engines / "__init__.py").write_text("")
     (engines / "bad.py").write_text("def load():\n    from ttc_nodes.testbed import task\n    return task\n")
-    for package in ("flows", "graphs", "db"):
+    for package in ("ttc", "flows", "graphs", "db"):
         (tmp_path / package).mkdir()
         (tmp_path / package / "__init__.py").write_text("")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)

@@ -768,6 +768,15 @@ def serve(
         err.print("stopped")
 
 
+def _mount_gateway() -> None:
+    from flows.cli.gateway import gateway  # its own module, over this one's vocabulary of options
+
+    app.command()(gateway)
+
+
+_mount_gateway()
+
+
 def _mount_testbed() -> None:
     try:
         from flows.cli.testbed import testbed_app

@@ -16,7 +16,7 @@ from db.session import connect
 from flows.service.config import ModelSettings
 from flows.service.tracing import DatabaseSink, storable, storable_json
 from graphs import registry
-from graphs.runner import SolveError, StepEvent, TraceSink, run_graph
+from graphs.runner import SolveError, StepEvent, TraceSink, candidates_in, run_graph
 from graphs.settings import StrategySettings
 from ttc_nodes.answers import is_correct
 from ttc_nodes.budget import BudgetError, Spend
@@ -41,6 +41,8 @@ class SolveOutcome:
     votes: dict[str, float] = field(default_factory=dict)
     samples: list[tuple[str | None, float | None]] = field(default_factory=list)
     """(answer, score) of each candidate the final vote looked at: what difficulty estimates read."""
+    solution: str | None = None
+    """The full text of the chosen candidate (its steps joined), None when no candidate was chosen."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -209,7 +211,16 @@ def solve_question(
         seconds=result.seconds,
         votes=result.votes,
         samples=voted_samples(result.state),
+        solution=chosen_solution(result.state, result.chosen, context),
     )
+
+
+def chosen_solution(state: Mapping[str, Any], chosen: str | None, context: SolveContext) -> str | None:
+    """The text of the candidate the final vote chose: its whole path of steps, as the proposer wrote it."""
+    if chosen is None:
+        return None
+    found = next((c for c in candidates_in(state) if c.key == chosen), None)
+    return None if found is None else context.prompt_format.join_steps(found.steps) or found.text
 
 
 def voted_samples(state: Mapping[str, Any]) -> list[tuple[str | None, float | None]]:
