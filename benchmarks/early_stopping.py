@@ -4,6 +4,7 @@ mean generations spent per rule, and the saving where the accuracy is equal (wit
 
     python benchmarks/early_stopping.py                 # quick: 32 prompts, N=16
     python benchmarks/early_stopping.py --prompts 64 --budgets 16,64
+    python benchmarks/early_stopping.py --prompts 64 --budgets 64 --thresholds 0.9,0.95,0.99
 """
 
 from __future__ import annotations
@@ -36,19 +37,30 @@ def main() -> None:
     parser.add_argument("--budgets", default="16")
     parser.add_argument("--strategies", default="majority,best_of_n_weighted")
     parser.add_argument("--dataset", default="testbed:arith?n=64&seed=3")
-    parser.add_argument("--threshold", type=float, default=0.95)
+    parser.add_argument("--thresholds", default="0.95", help="comma-separated: each rule runs at each")
     args = parser.parse_args()
     problems = load_dataset(args.dataset, limit=args.prompts)
     proposer, verifier = load_proposer("testbed:proposer"), load_verifier("testbed:prm")
     table = Table(title=f"early stopping on {len(problems)} prompts of {args.dataset}")
-    for column in ("strategy", "N", "rule", "accuracy", "mean generations", "saving at equal accuracy", "seconds"):
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    runs = [("off", thresholds[0])] + [(rule, t) for rule in RULES[1:] for t in thresholds]
+    for column in (
+        "strategy",
+        "N",
+        "rule",
+        "threshold",
+        "accuracy",
+        "mean generations",
+        "saving at equal accuracy",
+        "seconds",
+    ):
         table.add_column(column)
     for name in args.strategies.split(","):
         for budget in map(int, args.budgets.split(",")):
             full: tuple[float, float] | None = None
-            for rule in RULES:
+            for rule, threshold in runs:
                 settings = registry.get(name).configure(
-                    {"budget": budget, "early_stop": rule, "early_stop_threshold": args.threshold}
+                    {"budget": budget, "early_stop": rule, "early_stop_threshold": threshold}
                 )
                 graph = registry.compile_graph(name, settings)
                 begun = time.perf_counter()
@@ -67,7 +79,17 @@ def main() -> None:
                     fewer = f"{1 - generations / full[1]:.0%} fewer"
                     saving = fewer if abs(gap) <= EQUAL else f"none: accuracy {gap:+.3f} ({fewer})"
                 seconds = time.perf_counter() - begun
-                row = [name, str(budget), rule, f"{accuracy:.3f}", f"{generations:.2f}", saving, f"{seconds:.0f}"]
+                shown = "—" if rule == "off" else f"{threshold:g}"
+                row = [
+                    name,
+                    str(budget),
+                    rule,
+                    shown,
+                    f"{accuracy:.3f}",
+                    f"{generations:.2f}",
+                    saving,
+                    f"{seconds:.0f}",
+                ]
                 print(" | ".join(row), flush=True)  # as it goes: the full mode takes a while
                 table.add_row(*row)
     Console(width=140).print(table)

@@ -6,7 +6,8 @@
 select_leaf walks down by PUCT (prior: the step log-probability, or uniform for UCT) to a leaf; expand
 samples k next steps of it; evaluate scores them with the PRM (after a greedy rollout, with
 `rollout`); backup adds their values to the leaf's path (means). The answer is the most-visited
-complete path's, or a weighted vote over the finished leaves.
+complete path's, or a weighted vote over the finished leaves. With `parallel` P, each iteration
+selects P leaves (PUCT with a virtual loss) and expands them in one proposer call.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from ttc_nodes.state import SolveContext
 def build(settings: MCTSSettings) -> StrategyGraph:
     assert settings.expansions is not None
     graph = StateGraph(MCTSState, context_schema=SolveContext)
-    graph.add_node("select_leaf", partial(select_leaf, c_puct=settings.c_puct, prior=settings.prior))
+    graph.add_node(
+        "select_leaf",
+        partial(select_leaf, c_puct=settings.c_puct, prior=settings.prior, parallel=settings.parallel),
+    )
     graph.add_node(
         "expand",
         partial(
@@ -35,6 +39,7 @@ def build(settings: MCTSSettings) -> StrategyGraph:
             rollout=settings.rollout,
             max_tokens=settings.max_step_tokens,
             temperature=settings.temperature,
+            parallel=settings.parallel,
         ),
     )
     graph.add_node(

@@ -235,6 +235,12 @@ class MCTSSettings(StrategySettings):
     final: Literal["most_visited", "weighted_vote"] = Field(
         "most_visited", description="answer of the most-visited complete path, or a weighted vote over finished leaves"
     )
+    parallel: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="leaves expanded per iteration, in one proposer call, chosen by PUCT with a virtual loss",
+    )
     # Four graph steps per iteration under the runner's recursion limit of 1000.
     max_iterations: int = Field(200, ge=1, le=240, description="select-expand-evaluate-backup iterations at most")
 
@@ -244,16 +250,18 @@ class MCTSSettings(StrategySettings):
         if isinstance(data, dict) and data.get("expansions") is None:
             budget = _given_int(data, "budget", cls.model_fields["budget"].default)
             if budget is not None:
-                lanes = budget // 2 if data.get("rollout") in (True, "true", "True", 1, "1") else budget
+                parallel = _given_int(data, "parallel", 1) or 1
+                rollout = data.get("rollout") in (True, "true", "True", 1, "1")
+                lanes = budget // (1 + parallel) if rollout else budget
                 data = {**data, "expansions": max(1, min(4, lanes))}
         return data
 
     @model_validator(mode="after")
     def _check_expansions(self) -> MCTSSettings:
         assert self.expansions is not None
-        lanes = 2 * self.expansions if self.rollout else self.expansions
+        lanes = (1 + self.parallel) * self.expansions if self.rollout else self.expansions
         if lanes > self.budget:
-            rollouts = " and k rollout lanes" if self.rollout else ""
+            rollouts = (" and P·k" if self.parallel > 1 else " and k") + " rollout lanes" if self.rollout else ""
             raise ValueError(
                 f"expansions k={self.expansions} does not fit the budget N={self.budget}: the first expansion "
                 f"opens k lanes{rollouts}"

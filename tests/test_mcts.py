@@ -4,6 +4,7 @@ testbed models, the database and the CLI."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections import defaultdict
@@ -48,6 +49,7 @@ SEARCHES = st.fixed_dictionaries(
         "rollout": st.booleans(),
         "final": st.sampled_from(["most_visited", "weighted_vote"]),
         "max_iterations": st.integers(1, 60),
+        "parallel": st.sampled_from([1, 1, 2, 3, 8]),
     }
 )
 
@@ -66,12 +68,13 @@ def test_mcts_never_spends_more_than_its_budget_and_spends_its_tree_leaves(value
     settings, result, _, proposer = run_mcts(configured(values), finish_rate, seed)
     tree = result.state["tree"]
     leaves = len(tree) - len({c.parent for c in tree.values() if c.parent is not None})
-    reserve = settings.expansions if settings.rollout else 0
+    reserve = settings.expansions * settings.parallel if settings.rollout else 0
     assert 0 < result.spend.generations <= settings.budget
     # a lane per leaf of the tree, plus the k rollout lanes reused every round
     assert result.spend.generations == leaves + reserve
-    sampled = [len(prompts) * n for prompts, n, temperature in proposer.calls if temperature > 0]
-    assert max(sampled) <= settings.expansions
+    sampled = [(len(prompts), n) for prompts, n, temperature in proposer.calls if temperature > 0]
+    # one call per iteration: at most P leaves, at most k steps each (uneven counts go one row per sample)
+    assert all(n <= settings.expansions and rows * n <= settings.parallel * settings.expansions for rows, n in sampled)
     rollouts = [len(prompts) for prompts, n, temperature in proposer.calls if temperature == 0]
     assert max(rollouts, default=0) <= reserve
 
@@ -97,6 +100,39 @@ def test_a_nodes_visits_are_one_plus_its_childrens_and_its_value_the_mean_below_
     final = next(e for e in sink.events if e.node == "select").detail
     assert final["visits"] == visits
     assert final["values"] == pytest.approx({k: sums[k] / visits[k] for k in visits})
+
+
+@hypothesis_settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(SEARCHES, st.floats(0.0, 1.0), st.integers(0, 10_000))
+def test_a_batched_iteration_expands_distinct_live_leaves_in_one_proposer_call(values, finish_rate, seed):
+    values = configured({**values, "parallel": max(2, values["parallel"]), "rollout": False})
+    settings, result, sink, proposer = run_mcts(values, finish_rate, seed)
+    picks = [e.detail for e in sink.events if e.node == "select_leaf"]
+    expansions = [e.detail for e in sink.events if e.node == "expand"]
+    sampling_calls = [call for call in proposer.calls if call[2] > 0]
+    assert len(sampling_calls) == len(expansions) == len(picks) == result.state["iterations"]
+    tree = result.state["tree"]
+    for pick in picks:
+        leaves = pick.get("leaves", [pick["selected"]])
+        assert len(leaves) == len(set(leaves)) <= settings.parallel
+        for leaf, path in zip(leaves, pick.get("paths", [pick["path"]]), strict=True):
+            assert path[0] == ROOT and path[-1] == leaf
+            assert all((tree[b].parent or ROOT) == a for a, b in itertools.pairwise(path))
+    # every leaf picked got children, and the children's parents are exactly the picked leaves
+    for pick, expanded in zip(picks, expansions, strict=True):
+        leaves = pick.get("leaves", [pick["selected"]])
+        assert expanded.get("leaves", [expanded["expanded"]]) == leaves
+
+
+def test_one_leaf_per_iteration_is_the_search_without_the_setting():
+    values = {"budget": 16, "expansions": 3, "max_iterations": 40}
+    _, plain, plain_sink, _ = run_mcts(values, 0.3, 7)
+    _, one, one_sink, _ = run_mcts({**values, "parallel": 1}, 0.3, 7)
+    assert one.state["tree"] == plain.state["tree"] and one.state["visits"] == plain.state["visits"]
+    assert [e.detail for e in one_sink.events] == [e.detail for e in plain_sink.events]
+    _, batched, _, _ = run_mcts({**values, "parallel": 4}, 0.3, 7)
+    assert batched.spend.generations <= 16
+    assert batched.state["iterations"] < one.state["iterations"]  # fewer, wider iterations
 
 
 @hypothesis_settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

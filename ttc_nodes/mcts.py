@@ -11,7 +11,13 @@ and a node's value is the mean evaluation over its subtree.
 
 Budget: a lane is a sequence slot that lasts across rounds (ttc_nodes/budget.py). A leaf's first
 child continues the leaf's lane, each further child opens one, so the search costs the number of
-leaves of its tree (+ k lanes for rollouts, reused every round), and a one-child expansion is free.
+leaves of its tree (+ k lanes for rollouts, P·k when P leaves are expanded at once, reused every
+round), and a one-child expansion is free.
+
+Batched iterations (`parallel` = P > 1): select_leaf picks up to P distinct leaves, each by PUCT after
+a virtual loss on the paths picked before it (one visit of value 0 each, so the next pick looks
+elsewhere; Chaslot et al. 2008), and expand samples all of their steps in one proposer call. Backup
+then adds each leaf's children to that leaf's path. P = 1 is the one-leaf search, unchanged.
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ class MCTSState(SolveState, total=False):
     tree: Annotated[dict[str, Candidate], merged]
     visits: Annotated[dict[str, int], merged]
     value_sums: Annotated[dict[str, float], merged]
-    selected: str
+    selected: str  # the first of `leaves`
+    leaves: list[str]  # the leaves this iteration expands, in the order they were picked
     iterations: int
 
 
@@ -56,12 +63,13 @@ def children_of(tree: Mapping[str, Candidate], key: str) -> list[Candidate]:
     return [c for c in tree.values() if c.parent == parent]
 
 
-def exhausted(tree: Mapping[str, Candidate], key: str) -> bool:
-    """No live leaf below `key`: every path under it has finished, so selecting it would add nothing."""
-    if key != ROOT and tree[key].finished:
+def exhausted(tree: Mapping[str, Candidate], key: str, taken: frozenset[str] = frozenset()) -> bool:
+    """No live leaf below `key`: every path under it has finished (or its leaves are `taken` by this
+    iteration already), so selecting it would add nothing."""
+    if key in taken or (key != ROOT and tree[key].finished):
         return True
     children = children_of(tree, key)
-    return bool(children) and all(exhausted(tree, c.key) for c in children)
+    return bool(children) and all(exhausted(tree, c.key, taken) for c in children)
 
 
 def priors(children: Sequence[Candidate], prior: Prior) -> list[float]:
@@ -78,21 +86,42 @@ def puct(value: float, prior: float, parent_visits: int, visits: int, c_puct: fl
     return value + c_puct * prior * math.sqrt(parent_visits) / (1 + visits)
 
 
-def select_leaf(state: MCTSState, runtime: NodeRuntime, *, c_puct: float, prior: Prior) -> dict[str, Any]:
-    """Walk down from the root by the highest PUCT score among children with a live leaf below,
-    to a leaf; ties go to the child made first."""
-    tree, visits, sums = state.get("tree", {}), state.get("visits", {}), state.get("value_sums", {})
-    key, path = ROOT, [ROOT]
-    while siblings := children_of(tree, key):
-        # Priors over all siblings; only those with a live leaf below can be chosen.
-        options = [(c, p) for c, p in zip(siblings, priors(siblings, prior), strict=True) if not exhausted(tree, c.key)]
-        if not options:
+def select_leaf(
+    state: MCTSState, runtime: NodeRuntime, *, c_puct: float, prior: Prior, parallel: int = 1
+) -> dict[str, Any]:
+    """Walk down from the root by the highest PUCT score among children with a live leaf below, to
+    a leaf; ties go to the child made first. With `parallel` P, walk up to P times, each after a
+    virtual loss (a visit of value 0) on the paths walked before, to P distinct leaves."""
+    tree = state.get("tree", {})
+    visits, sums = dict(state.get("visits", {})), state.get("value_sums", {})
+    leaves: list[str] = []
+    paths: list[list[str]] = []
+    while len(leaves) < parallel and not exhausted(tree, ROOT, frozenset(leaves)):
+        taken = frozenset(leaves)
+        key, path = ROOT, [ROOT]
+        while siblings := children_of(tree, key):
+            # Priors over all siblings; only those with a live leaf below can be chosen.
+            options = [
+                (c, p)
+                for c, p in zip(siblings, priors(siblings, prior), strict=True)
+                if not exhausted(tree, c.key, taken)
+            ]
+            if not options:
+                break
+            scores = [puct(sums[c.key] / visits[c.key], p, visits[key], visits[c.key], c_puct) for c, p in options]
+            children = [c for c, _ in options]
+            key = children[max(range(len(children)), key=lambda i: (scores[i], -i))].key
+            path.append(key)
+        leaves.append(key)
+        paths.append(path)
+        for node in path:  # the virtual loss: the next walk sees this path visited once more, for nothing
+            visits[node] = visits.get(node, 0) + 1
+        if key == ROOT:  # the first iteration: one expansion of the question
             break
-        scores = [puct(sums[c.key] / visits[c.key], p, visits[key], visits[c.key], c_puct) for c, p in options]
-        children = [c for c, _ in options]
-        key = children[max(range(len(children)), key=lambda i: (scores[i], -i))].key
-        path.append(key)
-    return {"selected": key, "detail": {"selected": key, "path": path}}
+    detail: dict[str, Any] = {"selected": leaves[0], "path": paths[0]}
+    if parallel > 1:
+        detail |= {"leaves": leaves, "paths": paths}
+    return {"selected": leaves[0], "leaves": leaves, "detail": detail}
 
 
 def expand_leaf(
@@ -104,41 +133,57 @@ def expand_leaf(
     rollout: bool,
     max_tokens: int,
     temperature: float,
+    parallel: int = 1,
 ) -> dict[str, Any]:
-    """Sample the next steps of the selected leaf: k of them while the budget has lanes for them,
-    then as many as are left (at least one, which continues the leaf's own lane for free)."""
+    """Sample the next steps of each selected leaf, in one proposer call: k of them while the budget
+    has lanes for them, then as many as are left (at least one, which continues the leaf's own lane
+    for free). Leaves are served in the order they were picked. Rollouts reserve k lanes per leaf an
+    iteration may expand (P·k)."""
     context = runtime.context
     round_number = state.get("round", 0) + 1
     tree = state.get("tree", {})
-    key = state.get("selected", ROOT)
-    leaf = None if key == ROOT else tree[key]
+    keys = state.get("leaves") or [state.get("selected", ROOT)]
     leaves = len(tree) - len({c.parent for c in tree.values() if c.parent is not None})
-    reserve = expansions if rollout else 0
-    # The first k steps open k lanes; k children of a leaf open k − 1, and the budget left may allow fewer.
-    count = expansions if leaf is None else max(1, min(expansions, budget - reserve - leaves + 1))
-    prompt = context.prompt_format.solution(state["question"], leaf.steps if leaf else ())
-    [completions] = generate_counts(
+    reserve = expansions * parallel if rollout else 0
+    parents: list[Candidate | None] = []
+    counts: list[int] = []
+    for key in keys:
+        leaf = None if key == ROOT else tree[key]
+        # The first k steps open k lanes; k children of a leaf open k − 1, and the budget left may allow fewer.
+        count = expansions if leaf is None else max(1, min(expansions, budget - reserve - leaves + 1))
+        leaves += count - (1 if leaf is not None else 0)
+        parents.append(leaf)
+        counts.append(count)
+    prompts = [context.prompt_format.solution(state["question"], leaf.steps if leaf else ()) for leaf in parents]
+    batches = generate_counts(
         context.proposer,
-        [prompt],
-        [count],
+        prompts,
+        counts,
         max_tokens=max_tokens,
         temperature=temperature,
         stop=[context.prompt_format.step_separator],
         seed=context.seed_for("mcts", round_number),
     )
+    made = [
+        (leaf, completion) for leaf, completions in zip(parents, batches, strict=True) for completion in completions
+    ]
     children = [
         step_candidate(completion, leaf, key=f"{round_number}.{index}", round=round_number)
-        for index, completion in enumerate(completions)
+        for index, (leaf, completion) in enumerate(made)
     ]
     lanes_before = state.get("lanes", 0)
-    lanes_now = leaves + len(children) - (1 if leaf is not None else 0) + reserve
+    lanes_now = leaves + reserve
+    completions = [completion for _, completion in made]
+    detail: dict[str, Any] = {"expanded": keys[0], "children": len(children)}
+    if len(keys) > 1:
+        detail |= {"leaves": keys, "children_per_leaf": counts}
     return {
         "pool": children,
         "tree": {c.key: c for c in children},
         "round": round_number,
         "lanes": max(lanes_before, lanes_now),
         "spend": call_spend(context.proposer, completions, generations=new_lanes(lanes_before, lanes_now)),
-        "detail": {"expanded": key, "children": len(children)},
+        "detail": detail,
     }
 
 
@@ -184,7 +229,7 @@ def evaluate_children(
 
 
 def backup(state: MCTSState, runtime: NodeRuntime) -> dict[str, Any]:
-    """Each new child counts one visit with its own value; the selected leaf and its ancestors up to
+    """Each new child counts one visit with its own value; its leaf and the leaf's ancestors up to
     the root count one visit per new child and add the children's values (a mean, per node)."""
     tree = state.get("tree", {})
     visits, sums = dict(state.get("visits", {})), dict(state.get("value_sums", {}))
@@ -192,14 +237,18 @@ def backup(state: MCTSState, runtime: NodeRuntime) -> dict[str, Any]:
     values = {end.parent: end.score or 0.0 for end in state.get("rollouts", [])}
     value_of = {c.key: values.get(c.key, c.score or 0.0) for c in children}
     changed = set(value_of)
-    for child, value in value_of.items():
-        visits[child], sums[child] = 1, value
-    node: str | None = state.get("selected", ROOT)
-    while node is not None:
-        visits[node] = visits.get(node, 0) + len(children)
-        sums[node] = sums.get(node, 0.0) + sum(value_of.values())
-        changed.add(node)
-        node = None if node == ROOT else (tree[node].parent or ROOT)
+    for key, value in value_of.items():
+        visits[key], sums[key] = 1, value
+    below: dict[str, list[float]] = {}  # leaf -> its new children's values, leaves in the order picked
+    for child in children:
+        below.setdefault(child.parent or ROOT, []).append(value_of[child.key])
+    for leaf, added in below.items():
+        node: str | None = leaf
+        while node is not None:
+            visits[node] = visits.get(node, 0) + len(added)
+            sums[node] = sums.get(node, 0.0) + sum(added)
+            changed.add(node)
+            node = None if node == ROOT else (tree[node].parent or ROOT)
     iterations = state.get("iterations", 0) + 1
     return {
         "visits": {k: visits[k] for k in changed},
