@@ -30,8 +30,13 @@ run: setup
 	$(BIN)/ttc trace
 	$(BIN)/ttc evaluate --dataset "testbed:arith?n=8&seed=11" --strategy best_of_n_weighted --budget 8 --run-name "demo-$$(date +%s)"
 
-test: setup $(SMOLLM2_STAMP)
+test: setup $(SMOLLM2_STAMP) browser
 	$(BIN)/python -m pytest
+
+# Headless Chromium (Debian's package) drives the HTML report in tests/test_report.py; installed once, as root.
+.PHONY: browser
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
 check: setup
 	$(BIN)/ruff check .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, TypeVar
@@ -161,14 +162,21 @@ def find_run(session: Session, name_or_id: str) -> RunInfo | None:
 
 
 def trace_of(
-    session: Session, run_id: str, problem_key: str | None = None, dataset: str | None = None
+    session: Session,
+    run_id: str,
+    problem_key: str | None = None,
+    dataset: str | None = None,
+    problem_ids: Sequence[int] | None = None,
 ) -> list[SolveTrace]:
-    """The full traces of the run's solves, optionally only of one problem key and/or dataset."""
+    """The full traces of the run's solves, optionally only of one problem key and/or dataset, or
+    of the problems with these ids."""
     query = select(Solve, Problem).join(Problem, Solve.problem_id == Problem.id).where(Solve.run_id == run_id)
     if problem_key is not None:
         query = query.where(Problem.key == problem_key)
     if dataset is not None:
         query = query.where(Problem.dataset == dataset)
+    if problem_ids is not None:
+        query = query.where(Solve.problem_id.in_(list(problem_ids)))
     pairs = session.execute(query.order_by(Solve.id)).all()
     solve_ids = [solve.id for solve, _ in pairs]
     if not solve_ids:
@@ -430,11 +438,12 @@ class AnswerPool:
     flops: float
 
 
-def answer_pools(session: Session, run_id: str) -> dict[str, AnswerPool]:
+def answer_pools(session: Session, run_id: str, problem_ids: Sequence[int] | None = None) -> dict[str, AnswerPool]:
     """Problem key -> the answer pool of its finished solve in `run_id` (a run of parallel-sampling
-    solves: calibration pools, difficulty estimates); a solve not done has no pool."""
+    solves: calibration pools, difficulty estimates), optionally only of the problems with these
+    ids; a solve not done has no pool."""
     pools = {}
-    for trace in trace_of(session, run_id):
+    for trace in trace_of(session, run_id, problem_ids=problem_ids):
         if trace.status != "done":
             continue
         scores = {s.candidate_key: s.value for s in sorted(trace.scores, key=lambda s: s.id)}
@@ -447,3 +456,66 @@ def answer_pools(session: Session, run_id: str) -> dict[str, AnswerPool]:
             trace.flops,
         )
     return pools
+
+
+@dataclass(frozen=True)
+class SolveOutcome:
+    """One solve of a run without its trace: the problem, the plan, the verdict and the spend."""
+
+    solve_id: int
+    problem_id: int
+    problem_key: str
+    dataset: str
+    strategy: str
+    settings: dict[str, Any]
+    budget: int
+    bin: Any  # solves.detail["bin"], else problems.meta["bin"], else None (as in `accuracy_by`)
+    status: str
+    answer: str | None
+    correct: bool | None
+    generations: float
+    tokens: int
+    flops: float
+    seconds: float
+    error: str | None
+    meta: dict[str, Any] = field(default_factory=dict)  # the problem's, e.g. {"level": 5}
+
+
+def solve_outcomes(session: Session, run_id: str) -> list[SolveOutcome]:
+    """Every solve of the run, whatever its status, by problem key: one row each, no steps read."""
+    rows = session.execute(
+        select(Solve, Problem.key, Problem.dataset, Problem.meta)
+        .join(Problem, Solve.problem_id == Problem.id)
+        .where(Solve.run_id == run_id)
+        .order_by(Problem.key, Solve.id)
+    ).all()
+    return [
+        SolveOutcome(
+            solve_id=solve.id,
+            problem_id=solve.problem_id,
+            problem_key=key,
+            dataset=dataset,
+            strategy=solve.strategy,
+            settings=solve.settings,
+            budget=solve.budget,
+            bin=solve.detail.get("bin") if solve.detail.get("bin") is not None else (meta or {}).get("bin"),
+            status=solve.status,
+            answer=solve.answer,
+            correct=solve.correct,
+            generations=solve.generations,
+            tokens=solve.tokens,
+            flops=solve.flops,
+            seconds=solve.seconds,
+            error=solve.error,
+            meta=meta or {},
+        )
+        for solve, key, dataset, meta in rows
+    ]
+
+
+def problem_ids(session: Session, problems: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """(dataset, key) -> problem id, for those of `problems` stored (unknown ones are left out)."""
+    wanted = set(problems)
+    datasets = {dataset for dataset, _ in wanted}
+    rows = session.execute(select(Problem.dataset, Problem.key, Problem.id).where(Problem.dataset.in_(datasets)))
+    return {(dataset, key): id_ for dataset, key, id_ in rows if (dataset, key) in wanted}

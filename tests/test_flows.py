@@ -139,11 +139,34 @@ def test_calibrate_then_evaluate_with_the_policy_at_a_budget_or_a_total_budget(d
     )
     assert again["run_id"] == at_budget["run_id"] and again["done"] == 4
     assert again["generations_with_difficulty"] == at_budget["generations_with_difficulty"]
+    difficulty_runs = {t.detail["difficulty_run"] for t in traces}
+    assert len(difficulty_runs) == 1
+    [difficulty_run] = difficulty_runs
     with connect(database_url)() as session:
-        difficulty_run = queries.find_run(session, f"{at_budget['run_id']}/difficulty")
-        assert difficulty_run is not None
-        estimates = queries.trace_of(session, difficulty_run.id)
+        estimates = queries.trace_of(session, difficulty_run)
     assert len(estimates) == 4 and all(t.status == "done" for t in estimates)
+
+    # Another evaluation of the same prompts with the same engines and K reads the same estimates:
+    # nothing is sampled again, and the summary still charges what they cost.
+    other = evaluate(
+        dataset=dataset, policy=str(out), budget=4, models=models, database=database_url, run_name="co4", limit=4
+    )
+    assert other["done"] == 4
+    assert other["difficulty_cost"] == at_budget["difficulty_cost"]
+    with connect(database_url)() as session:
+        assert len(queries.trace_of(session, difficulty_run)) == 4
+        assert {t.detail["difficulty_run"] for t in queries.trace_of(session, other["run_id"])} == {difficulty_run}
+    # A different seed is a different estimate.
+    reseeded = evaluate(
+        dataset=dataset,
+        policy=str(out),
+        budget=2,
+        models={**models, "seed": 6},
+        database=database_url,
+        run_name="co-seed6",
+        limit=2,
+    )
+    assert {t.detail["difficulty_run"] for t in solves_of(database_url, reseeded["run_id"])} != {difficulty_run}
 
     total = evaluate(
         dataset=dataset,

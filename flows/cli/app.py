@@ -362,7 +362,7 @@ def trace(
         print(json.dumps({"run_id": found.id, "solves": [asdict(t) for t in traces]}, default=str))
         return
     for solve_trace, roots in zip(traces, trees, strict=True):
-        out.print(render_solve(solve_trace, roots))
+        out.print(render_solve(solve_trace, roots), crop=False)  # the vote's answers are shown whole
 
 
 @app.command()
@@ -788,6 +788,8 @@ def _mount_testbed() -> None:
 
 
 _mount_testbed()
+# Each registers its command on `app` as it is imported.
+from flows.cli import flops as _flops, report as _report  # noqa: E402, F401, I001
 
 if __name__ == "__main__":
     app()

@@ -7,6 +7,7 @@ Re-running with the same run name resumes: prompts already solved in that run ar
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -274,8 +275,8 @@ def evaluate(
         assert strategy is not None
         plans = [(p, strategy, {**(settings or {}), "budget": budget}, {}) for p in todo]
     else:
-        plans = policy_plans(loaded, todo, budget, total_budget, engines, database, run_id)
-        difficulty_cost = difficulty_spend(database, run_id)
+        plans, estimates = policy_plans(loaded, todo, budget, total_budget, engines, database)
+        difficulty_cost = difficulty_spend(database, estimates, problems)
     futures = [
         solve_prompt.submit(problem, name, values, engines, database, run_id, extra, plugins or ())
         for problem, name, values, extra in plans
@@ -385,6 +386,22 @@ def described(config: Mapping[str, Any]) -> dict[str, Any]:
     return {key: config.get(key) for key in keys}
 
 
+def difficulty_run_name(models: ModelSettings, samples: int) -> tuple[str, dict[str, Any]]:
+    """The run that holds every difficulty estimate made with these engines, this seed and K samples,
+    and its config. Estimates are shared by every evaluation (and every worker) that needs them: a
+    prompt estimated once is never sampled again for the same (proposer, verifier, seed, K)."""
+    engines = masked_models(models)
+    config = {
+        "flow": "difficulty",
+        "proposer": engines.get("proposer"),
+        "verifier": engines.get("verifier"),
+        "seed": engines.get("seed"),
+        "samples": samples,
+    }
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"difficulty/{digest}", config
+
+
 def policy_plans(
     policy: Policy,
     problems: list[Problem],
@@ -392,12 +409,12 @@ def policy_plans(
     total_budget: int | None,
     models: ModelSettings,
     database: str | None,
-    run_id: str,
-) -> list[tuple[Problem, str, dict[str, Any], dict[str, Any]]]:
-    """Estimate each prompt's difficulty, bin it, and pick θ*(bin, N); with a total budget, first
-    allocate per-bin budgets that maximise expected accuracy from the calibrated curves."""
+) -> tuple[list[tuple[Problem, str, dict[str, Any], dict[str, Any]]], str]:
+    """Estimate each prompt's difficulty (or read the estimate made before with the same engines and
+    K), bin it, and pick θ*(bin, N); with a total budget, first allocate per-bin budgets that
+    maximise expected accuracy from the calibrated curves. The plans, and the difficulty run's id."""
     recorder = Recorder(connect(database))
-    difficulty_run = recorder.open_run(f"{run_id}/difficulty", {"flow": "difficulty", "of_run": run_id})
+    difficulty_run = recorder.open_run(*difficulty_run_name(models, policy.difficulty_samples))
     ids = {p.key: recorder.problem(p.dataset, p.key, p.question, p.reference, p.meta) for p in problems}
     todo = unsolved(recorder, difficulty_run, problems)
     for _ in range(MAX_DIFFICULTY_PASSES):
@@ -417,7 +434,7 @@ def policy_plans(
             f"difficulty estimates of {len(todo)} prompt(s) did not finish in {MAX_DIFFICULTY_PASSES} passes"
         )
     with connect(database)() as session:
-        pools = queries.answer_pools(session, difficulty_run)
+        pools = queries.answer_pools(session, difficulty_run, [ids[p.key] for p in problems])
     by_key = {p.key: difficulty_of(pools[p.key]) for p in problems}
     bins = {p.key: policy.bin_of(by_key[p.key][policy.difficulty] or 0.0) for p in problems}
     if total_budget is not None:
@@ -432,16 +449,22 @@ def policy_plans(
     plans = []
     for problem in problems:
         plan, calibrated = policy.plan_for(bins[problem.key], budgets[bins[problem.key]])
-        extra = {"bin": bins[problem.key], "difficulty": by_key[problem.key]["predicted"], "plan": plan.label}
+        extra = {
+            "bin": bins[problem.key],
+            "difficulty": by_key[problem.key]["predicted"],
+            "plan": plan.label,
+            "difficulty_run": difficulty_run,
+        }
         plans.append((problem, plan.strategy, {**plan.settings, "budget": calibrated}, extra))
-    return plans
+    return plans, difficulty_run
 
 
-def difficulty_spend(database: str | None, run_id: str) -> dict[str, float]:
-    """What estimating the difficulty of the run's prompts cost, by whichever worker and run."""
+def difficulty_spend(database: str | None, difficulty_run: str, problems: Sequence[Problem]) -> dict[str, float]:
+    """What estimating the difficulty of `problems` cost, whichever run or worker made each estimate
+    (a reused estimate costs what it cost when it was made: the policy needs it either way)."""
     with connect(database)() as session:
-        found = queries.find_run(session, f"{run_id}/difficulty")
-        pools = queries.answer_pools(session, found.id).values() if found else []
+        ids = queries.problem_ids(session, [(p.dataset, p.key) for p in problems])
+        pools = queries.answer_pools(session, difficulty_run, list(ids.values())).values()
     return {
         "generations": float(sum(p.generations for p in pools)),
         "tokens": float(sum(p.tokens for p in pools)),
