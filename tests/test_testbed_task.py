@@ -63,6 +63,20 @@ def test_from_spec_reads_dataset_options():
         task.from_spec({"n": "5", "sed": "1"})
 
 
+def test_distinct_draws_never_repeat_a_question_and_start_as_the_plain_draws_do():
+    plain = task.problems(400, seed=7)
+    assert len({p.question for p in plain}) < 400  # the easy levels repeat: why the option exists
+    distinct = task.from_spec({"n": "400", "seed": "7", "distinct": "true"})
+    assert len(distinct) == 400 and len({p.question for p in distinct}) == 400
+    first_repeat = next(i for i, p in enumerate(plain) if p.question in {q.question for q in plain[:i]})
+    assert distinct[:first_repeat] == plain[:first_repeat]
+    assert task.from_spec({"n": "5", "seed": "7", "distinct": "0"}) == task.problems(5, seed=7)
+    with pytest.raises(ValueError, match="distinct must be true or false"):
+        task.from_spec({"n": "5", "distinct": "maybe"})
+    with pytest.raises(ValueError, match="cannot draw 500 distinct problems"):
+        task.problems(500, seed=1, difficulty=1, distinct=True)
+
+
 def test_slips_are_carried_through_later_steps():
     rng = random.Random(0)
     slipped = wrong_answers = 0

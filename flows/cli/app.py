@@ -789,7 +789,7 @@ def _mount_testbed() -> None:
 
 _mount_testbed()
 # Each registers its command on `app` as it is imported.
-from flows.cli import flops as _flops, report as _report  # noqa: E402, F401, I001
+from flows.cli import flops as _flops, report as _report, reproduce as _reproduce  # noqa: E402, F401, I001
 
 if __name__ == "__main__":
     app()

@@ -21,6 +21,7 @@ SEARCH_PLANS: dict[str, tuple[str, dict[str, Any]]] = {
     "dvts": ("dvts", {}),
     "revisions sequential": ("revisions", {"chains": 1}),
     "revisions chains=4": ("revisions", {"chains": 4}),
+    "revisions parallel": ("revisions", {"chain_length": 1}),  # N chains of one answer: ratio 1/N
     # Early stopping (docs/early-stopping.md) changes what a vote spends, so these run, not read off the pool.
     "majority early_stop=posterior": ("majority", {"early_stop": "posterior"}),
     "majority early_stop=confidence": ("majority", {"early_stop": "confidence"}),

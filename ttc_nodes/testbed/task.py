@@ -78,24 +78,36 @@ def problems(
     *,
     min_difficulty: int = 1,
     max_difficulty: int = MAX_DIFFICULTY,
+    distinct: bool = False,
 ) -> list[ArithProblem]:
-    """`n` problems drawn with `seed`; a fixed `difficulty`, or uniform over the given range."""
+    """`n` problems drawn with `seed`; a fixed `difficulty`, or uniform over the given range. With
+    `distinct`, a draw whose question an earlier problem already asks is skipped, so that no two of the
+    `n` ask the same (the easy levels have few questions: 200 plain draws repeat about 7)."""
     if difficulty is not None:
         min_difficulty = max_difficulty = difficulty
     if not 1 <= min_difficulty <= max_difficulty <= MAX_DIFFICULTY:
         raise ValueError(f"difficulty must lie in 1..{MAX_DIFFICULTY}, got {min_difficulty}..{max_difficulty}")
     rng = random.Random(f"arith-{seed}")
-    drawn = []
-    for index in range(n):
+    drawn: list[ArithProblem] = []
+    asked: set[str] = set()
+    attempts = 0
+    while len(drawn) < n:
+        attempts += 1
+        if attempts > 100 * n:
+            raise ValueError(f"cannot draw {n} distinct problems at difficulty {min_difficulty}..{max_difficulty}")
         level = rng.randint(min_difficulty, max_difficulty)
         start, operations = _draw_operations(LEVELS[level], rng)
-        drawn.append(make_problem(f"arith-s{seed}-{index}", start, operations, level))
+        problem = make_problem(f"arith-s{seed}-{len(drawn)}", start, operations, level)
+        if distinct and problem.question in asked:
+            continue
+        asked.add(problem.question)
+        drawn.append(problem)
     return drawn
 
 
 def from_spec(options: dict[str, str]) -> list[ArithProblem]:
     """Problems for a dataset spec such as `testbed:arith?n=500&seed=7&max_difficulty=4`."""
-    known = {"n", "seed", "difficulty", "min_difficulty", "max_difficulty"}
+    known = {"n", "seed", "difficulty", "min_difficulty", "max_difficulty", "distinct"}
     unknown = set(options) - known
     if unknown:
         raise ValueError(f"unknown testbed:arith option(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -106,7 +118,16 @@ def from_spec(options: dict[str, str]) -> list[ArithProblem]:
         int(difficulty) if difficulty is not None else None,
         min_difficulty=int(options.get("min_difficulty", "1")),
         max_difficulty=int(options.get("max_difficulty", str(MAX_DIFFICULTY))),
+        distinct=_flag(options.get("distinct", "false"), "distinct"),
     )
+
+
+def _flag(value: str, name: str) -> bool:
+    if value.lower() in {"1", "true", "yes"}:
+        return True
+    if value.lower() in {"0", "false", "no"}:
+        return False
+    raise ValueError(f"option {name} must be true or false, got {value!r}")
 
 
 def make_problem(key: str, start: int, operations: tuple[Operation, ...], difficulty: int) -> ArithProblem:
