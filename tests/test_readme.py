@@ -43,6 +43,9 @@ NOT_RUN = {
         "needs the policy.json the calibrate line writes; tests/test_flows.py applies a calibrated policy"
     ),
     "ttc serve --name ttc": "serves deployments until stopped; tests/test_deployments.py serves and triggers them",
+    "ttc reproduce --scale quick --out reproduction": (
+        "the quick grid takes 10–20 min on 2 cores; tests/test_reproduce.py reproduces on a tiny recipe"
+    ),
     "ttc testbed report --out testbed_report.json": (
         "200 problems × 64 samples take 6–10 min; tests/test_testbed_report.py runs a small report on quick models"
     ),

@@ -315,13 +315,13 @@ def test_policy_and_revision_runs_get_the_efficiency_and_ratio_sections(database
     page = parsed(html)
     # Compute-optimal at N = 1 (0.5) reaches best-of-N at 4 (0.5): 4×; at 4 (0.75) best-of-N at 16: 4×.
     assert table_rows(html, "efficiency-table") == [
-        ["1", "0.250", "1", "1×"],
-        ["4", "0.500", "1", "4×"],
-        ["16", "0.750", "4", "4×"],
+        ["compute-optimal (policy)", "1", "0.250", "1", "1×"],
+        ["compute-optimal (policy)", "4", "0.500", "1", "4×"],
+        ["compute-optimal (policy)", "16", "0.750", "4", "4×"],
     ]
     sweep = {(s["data-group"]): s for s in page.tags["span"] if s.get("data-series") == "revisions"}
     assert float(sweep["4|all"]["data-accuracy"]) == 1.0  # chain length 4 ÷ 1 chain: fully sequential
     assert float(sweep["0.25|all"]["data-accuracy"]) == 0.25
     assert {"fig-accuracy", "fig-difficulty", "fig-revisions"} <= {f["id"] for f in page.tags["figure"]}
-    levels = {s["data-group"] for s in page.tags["span"] if s.get("data-series") == "compute-optimal"}
+    levels = {s["data-group"] for s in page.tags["span"] if s.get("data-series") == "compute-optimal (policy)"}
     assert levels == {"1", "2", "all"}  # MATH-style levels group the prompts

@@ -128,6 +128,8 @@ def test_reproduce_writes_the_headline_the_database_holds_and_resumes(prefect_se
     assert set(written["efficiency"]) == {"compute-optimal (predicted)", "compute-optimal (oracle)"}
     assert [row["budget"] for row in written["efficiency"]["compute-optimal (oracle)"]] == [1, 2]
     assert (out / "policy-predicted.json").exists() and (out / "policy-oracle.json").exists()
+    for page in ("report.html", "calibration.html"):
+        assert (out / page).read_text().startswith("<!DOCTYPE html>")
     # The baseline's test accuracy is what its runs hold.
     with connect(database_url)() as session:
         for n in (1, 2):

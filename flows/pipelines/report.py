@@ -239,12 +239,18 @@ def named_in_folder(folder: Path) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def is_optimal(series: str) -> bool:
+    """Whether the series is a compute-optimal policy's (`compute-optimal (FILE)`)."""
+    return series == COMPUTE_OPTIMAL or series.startswith(f"{COMPUTE_OPTIMAL} (")
+
+
 def series_of(run: queries.RunInfo, strategy: str) -> str:
     """The line a run's solves are drawn on: compute-optimal for a policy's runs, a calibration plan by
     its label, else the strategy with the settings the run was given (`beam beam_width=4`)."""
     config = run.config
     if config.get("policy"):
-        return COMPUTE_OPTIMAL
+        # Each policy file its own line: a reproduction draws the predicted- and oracle-binned ones.
+        return f"{COMPUTE_OPTIMAL} ({Path(str(config['policy'])).stem})"
     if config.get("plan"):
         return str(config["plan"])
     if config.get("pool") is not None:
@@ -279,7 +285,7 @@ def collect(session: Session, runs: Sequence[queries.RunInfo]) -> dict[str, Any]
         for t in traces[run.id]:
             series = series_of(run, t.strategy)
             run_series.add(series)
-            budget = int(run.config.get("budget") or t.budget) if series == COMPUTE_OPTIMAL else t.budget
+            budget = int(run.config.get("budget") or t.budget) if is_optimal(series) else t.budget
             if t.status not in ("done", "running"):
                 failures.append({"run": label, "key": t.problem.key, "status": t.status, "error": t.error or ""})
             if t.status == "done" and t.correct is not None:
@@ -469,15 +475,16 @@ def accuracy_figure(cells: Sequence[Cell]) -> str:
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(9, 5))
     everything = [c for c in cells if c.group == "all"]
-    series = sorted({c.series for c in everything}, key=lambda s: (s == COMPUTE_OPTIMAL, s))
+    series = sorted({c.series for c in everything}, key=lambda s: (is_optimal(s), s))
     for index, name in enumerate(series):
         points = sorted((c for c in everything if c.series == name), key=lambda c: c.budget)
         # Equal accuracies would hide one line under another: each series is nudged along x a little.
         spread = 0.3 * (index / (len(series) - 2) - 0.5) if len(series) > 2 else 0.06 * index
-        nudge = 1.0 if name == COMPUTE_OPTIMAL else 2**spread
+        nudge = 1.0 if is_optimal(name) else 2**spread
         low, high = zip(*(c.interval() for c in points), strict=True)
         accuracy = [c.accuracy for c in points]
-        optimal = name == COMPUTE_OPTIMAL
+        optimal = is_optimal(name)
+        dark = optimal and sum(map(is_optimal, series)) == 1  # one policy in black; several in colours
         axis.errorbar(
             [c.budget * nudge for c in points],
             accuracy,
@@ -488,7 +495,7 @@ def accuracy_figure(cells: Sequence[Cell]) -> str:
             marker="o",
             capsize=3,
             linewidth=2.5 if optimal else 1.5,
-            color="black" if optimal else None,
+            color="black" if dark else None,
             label=f"{name} (95% Wilson interval)" if optimal else name,
             zorder=3 if optimal else 2,
         )
@@ -508,7 +515,7 @@ def groups_figure(cells: Sequence[Cell], field: str) -> str:
     `field` names the groups ("difficulty bin")."""
     plt = _pyplot()
     grouped = [c for c in cells if c.group != "all"]
-    series = sorted({c.series for c in grouped}, key=lambda s: (s == COMPUTE_OPTIMAL, s))
+    series = sorted({c.series for c in grouped}, key=lambda s: (is_optimal(s), s))
     groups = sorted({c.group for c in grouped}, key=_group_order)
     columns = min(3, len(series))
     rows = -(-len(series) // columns)
@@ -588,23 +595,26 @@ def _group_order(group: str) -> tuple[int, float, str]:
 
 
 def efficiency(cells: Sequence[Cell]) -> list[dict[str, Any]]:
-    """For each budget B of best-of-N weighted: the smallest compute-optimal budget whose accuracy
-    reaches best-of-N's at B, and B over it (the paper's ≈4×; Snell et al. 2024, §5.3)."""
+    """For each compute-optimal series and each budget B of best-of-N weighted: the smallest
+    compute-optimal budget whose accuracy reaches best-of-N's at B, and B over it (the paper's ≈4×;
+    Snell et al. 2024, §5.3)."""
     overall = {(c.series, c.budget): c for c in cells if c.group == "all"}
     baseline = sorted(b for s, b in overall if s == "best_of_n_weighted")
-    optimal = sorted(b for s, b in overall if s == COMPUTE_OPTIMAL)
     rows = []
-    for budget in baseline:
-        target = overall[("best_of_n_weighted", budget)].accuracy
-        matching = next((b for b in optimal if overall[(COMPUTE_OPTIMAL, b)].accuracy >= target), None)
-        rows.append(
-            {
-                "budget": budget,
-                "accuracy": target,
-                "matching_budget": matching,
-                "ratio": budget / matching if matching else None,
-            }
-        )
+    for policy in sorted({s for s, _ in overall if is_optimal(s)}):
+        optimal = sorted(b for s, b in overall if s == policy)
+        for budget in baseline:
+            target = overall[("best_of_n_weighted", budget)].accuracy
+            matching = next((b for b in optimal if overall[(policy, b)].accuracy >= target), None)
+            rows.append(
+                {
+                    "policy": policy,
+                    "budget": budget,
+                    "accuracy": target,
+                    "matching_budget": matching,
+                    "ratio": budget / matching if matching else None,
+                }
+            )
     return rows
 
 
@@ -863,11 +873,12 @@ def build_report(session: Session, runs: Sequence[queries.RunInfo]) -> str:
         + _table(["run", "id", "dataset", "plan", "proposer", "verifier", "status", "created"], run_rows, left=8)
     )
 
-    has_optimal = any(c.series == COMPUTE_OPTIMAL for c in overall)
+    has_optimal = any(is_optimal(c.series) for c in overall)
     caption = (
         "Each point: the fraction of graded prompts answered correctly at that budget, with its 95% Wilson "
-        "interval. Compute-optimal (black): the plan a fitted policy chose per prompt from its predicted "
-        "difficulty (Snell et al. 2024, §5.3), without the cost of estimating the difficulty (see the spend table)."
+        "interval. Compute-optimal (thick lines, one per policy file): the plan a fitted policy chose per prompt "
+        "from its difficulty bin (Snell et al. 2024, §5.3), without the cost of estimating the difficulty (see the "
+        "spend table)."
         if has_optimal
         else "Each point: the fraction of graded prompts answered correctly at that budget, with its 95% Wilson "
         "interval. No compute-optimal run is among these runs: `ttc evaluate --policy policy.json --budget N` "
@@ -891,6 +902,7 @@ def build_report(session: Session, runs: Sequence[queries.RunInfo]) -> str:
     if gains and has_optimal:
         rows = [
             [
+                _e(g["policy"]),
                 str(g["budget"]),
                 f"{g['accuracy']:.3f}",
                 "not reached" if g["matching_budget"] is None else str(g["matching_budget"]),
@@ -901,7 +913,7 @@ def build_report(session: Session, runs: Sequence[queries.RunInfo]) -> str:
         sections.append(
             '<h2 id="efficiency">Efficiency of compute-optimal over best-of-N weighted</h2>'
             + _table(
-                ["best-of-N budget B", "its accuracy", "compute-optimal budget matching it", "B ÷ that"],
+                ["policy", "best-of-N budget B", "its accuracy", "compute-optimal budget matching it", "B ÷ that"],
                 rows,
                 attrs='id="efficiency-table"',
             )

@@ -6,7 +6,8 @@
    one binned by predicted difficulty (mean PRM score), one by oracle difficulty (pass@1).
 3. On a disjoint test split: best-of-N weighted at every budget, and each policy at every budget.
 4. The headline numbers (flows/policy/headline.py), each with a 95% bootstrap interval and the
-   paper's figure beside it, printed and written to DIR/headline.json.
+   paper's figure beside it, printed and written to DIR/headline.json, and the HTML reports of both
+   splits beside it (DIR/report.html, DIR/calibration.html).
 
 Every step is a named run (`NAME/calibration/...`, `NAME/test/...`), so running the same recipe again
 resumes where it stopped; difficulty estimates are shared with every other evaluation that uses the
@@ -29,6 +30,7 @@ from db.recorder import Recorder
 from db.session import connect
 from flows.pipelines import calibrate as calibration
 from flows.pipelines.evaluate import evaluate
+from flows.pipelines.report import build_report, resolve_runs
 from flows.policy import headline
 from flows.policy.grid import plan_grid
 from flows.service.datasets import Problem, Selection
@@ -254,7 +256,16 @@ def reproduce(
     result["seconds"] = seconds
     result["policies"] = {k: str(v) for k, v in policies.items()}
     (folder / "headline.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    write_reports(spec.name, folder, database)
     return result
+
+
+def write_reports(name: str, folder: Path, database: str | None) -> None:
+    """The HTML reports beside the headline (flows/pipelines/report.py): the test split's runs in
+    report.html, the calibration grid's in calibration.html."""
+    with connect(database)() as session:
+        for file, prefix in (("report.html", f"{name}/test"), ("calibration.html", f"{name}/calibration")):
+            (folder / file).write_text(build_report(session, resolve_runs(session, [prefix])), encoding="utf-8")
 
 
 def test_outcomes(database: str | None, run_ids: dict[int, str]) -> tuple[dict[int, dict[str, float]], ...]:
