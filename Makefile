@@ -53,6 +53,11 @@ bench: setup
 bench-throughput: setup
 	$(BIN)/python benchmarks/throughput.py $(or $(ARGS),--prompts 32 --quick)
 
+# Sharded evaluation on 2 Prefect workers against 1 (docs/scale-out.md); needs the local PostgreSQL.
+.PHONY: bench-scale-out
+bench-scale-out: setup
+	$(BIN)/python benchmarks/scale_out.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 

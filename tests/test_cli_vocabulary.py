@@ -33,6 +33,8 @@ EXCEPTIONS: dict[str, list[tuple[str, str]]] = {
 }
 # Options of the commands that are not flow parameters: how this process runs the flow, and prints.
 CLI_ONLY = {"concurrency", "dask", "as_json"}
+# The command of each deployment: the one named for it, except flows a command runs in another mode.
+COMMAND_OF = {"evaluate-shards": "evaluate"}  # `ttc evaluate --shards K --pool POOL`
 
 MODEL_OPTIONS = ["--proposer", "--verifier", "--reviser", "--seed"]
 SHARED = {
@@ -103,12 +105,14 @@ def test_each_deployment_parameter_is_commented_with_the_flag_that_sets_it(deplo
 
 @pytest.mark.parametrize("deployment", sorted(DEPLOYMENTS))
 def test_every_flow_parameter_is_the_flag_of_its_name_in_kebab_case(deployment: str) -> None:
-    command = deployment  # the deployments are named for their flows, and so are the commands
+    command = COMMAND_OF.get(deployment, deployment)  # the deployments are named for their flows, as the commands
     for parameter in flow_parameters(deployment):
         for flag, cli_name in EXCEPTIONS.get(parameter, [(f"--{parameter.replace('_', '-')}", parameter)]):
             assert option(command, flag).name == cli_name, (parameter, flag)
-    mapped = {cli for parameter in flow_parameters(deployment) for _, cli in EXCEPTIONS.get(parameter, [])}
-    mapped |= set(flow_parameters(deployment))
+    # every option of the command is a parameter of a flow it runs, or says how this process runs it
+    runs = [d for d in DEPLOYMENTS if COMMAND_OF.get(d, d) == command]
+    parameters = {parameter for d in runs for parameter in flow_parameters(d)}
+    mapped = {cli for parameter in parameters for _, cli in EXCEPTIONS.get(parameter, [])} | parameters
     unmapped = {p.name for p in commands()[command].params if isinstance(p, Option)} - mapped
     assert unmapped == CLI_ONLY
 

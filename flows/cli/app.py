@@ -444,6 +444,11 @@ Summary = Annotated[
 ]
 Concurrency = Annotated[int, typer.Option(help="prompts solved at once (threads)")]
 DaskAddress = Annotated[str | None, typer.Option("--dask", help="run tasks on this Dask scheduler (prefect-dask)")]
+Shards = Annotated[
+    int | None, typer.Option(help="split the run into this many runs of the pool's evaluate deployment (needs --pool)")
+]
+Pool = Annotated[str | None, typer.Option(metavar="POOL", help="with --shards: the work pool whose workers run them")]
+Timeout = Annotated[float, typer.Option(metavar="SECONDS", help="with --shards: how long to wait for them")]
 
 
 def task_runner(concurrency: int, dask: str | None) -> Any:
@@ -514,6 +519,9 @@ def evaluate(
     summary: Summary = None,
     concurrency: Concurrency = 4,
     dask: DaskAddress = None,
+    shards: Shards = None,
+    pool: Pool = None,
+    timeout: Timeout = 6 * 3600.0,
     proposer: Proposer = None,
     verifier: Verifier = None,
     reviser: Reviser = None,
@@ -540,6 +548,26 @@ def evaluate(
         "models": models,
     }
     selection = Selection(limit, shard, subset_seed, skip_bad_lines, question_field, answer_field)
+    if shards is not None:
+        from flows.cli.shards import evaluate_in_shards
+
+        return evaluate_in_shards(
+            shards=shards,
+            pool=pool,
+            timeout=timeout,
+            dataset=dataset,
+            request=request,
+            selection=selection,
+            run_name=run_name,
+            summary=summary,
+            concurrency=concurrency,
+            dask=dask,
+            database=database,
+            plugins=plugins,
+            as_json=as_json,
+        )
+    if pool is not None:
+        fail("--pool goes with --shards: how many runs to split the evaluation into")
     with checked_while_the_server_boots(database):
         # Everything a user can get wrong is refused here, in one line, before the flow runs.
         from db.recorder import Recorder
@@ -730,7 +758,7 @@ def serve(
     database: Database = None,
     plugins: Plugins = None,
 ) -> None:
-    """Serve `evaluate` and `calibrate` as Prefect deployments, the options given as their defaults."""
+    """Serve `evaluate`, `calibrate` and `evaluate-shards` as Prefect deployments, the options as their defaults."""
     import asyncio
 
     from prefect.runner import Runner
@@ -738,6 +766,7 @@ def serve(
     from db.session import connect
     from flows.pipelines.calibrate import calibrate as calibrate_flow
     from flows.pipelines.evaluate import evaluate as evaluate_flow
+    from flows.pipelines.sharded import evaluate_shards
 
     plugins_loaded(plugins)
     with user_errors():
@@ -757,10 +786,11 @@ def serve(
     # Flows added as objects run as themselves, with this task runner; `prefect.serve(deployment)` would
     # re-import them from their entrypoint and silently drop --concurrency and --dask.
     runner = Runner(name=f"ttc-{name}")
-    for served in (evaluate_flow, calibrate_flow):
+    for served in (evaluate_flow, calibrate_flow, evaluate_shards):
         runner.add_flow(served.with_options(task_runner=tasks), name=name, parameters=defaults)
     shown = f" with default parameters {', '.join(defaults)}" if defaults else ""
-    err.print(f"serving deployments evaluate/{name} and calibrate/{name}{shown}; Ctrl-C stops")
+    served_names = f"evaluate/{name}, calibrate/{name} and evaluate-shards/{name}"
+    err.print(f"serving deployments {served_names}{shown}; Ctrl-C stops")
     resume_collector()  # it serves for as long as it is left running
     try:
         asyncio.run(runner.start())
