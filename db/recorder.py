@@ -47,6 +47,12 @@ def default_lease_seconds() -> float:
 
 
 _workers: dict[int, str] = {}
+_stopped: set[str] = set()  # workers of this process told to stop: they claim no more solves
+_claiming = threading.Lock()  # a claim and a stop never interleave, so no solve starts after a stop
+
+
+class Stopped(RuntimeError):
+    """This process was told to stop (a stop signal marked its solves interrupted): it starts no more."""
 
 
 def this_worker() -> str:
@@ -316,11 +322,14 @@ class Recorder:
                 message = f"problem {problem_id} of run {run_id} is being solved by worker {worker} (solve {solve_id})"
             raise Claimed(message, solve_id=solve_id, status=status, worker=worker)
 
-        try:
-            solve_id = claim()
-        except IntegrityError:
-            # A concurrent worker inserted the solve first: it holds it now, unless it is gone already.
-            solve_id = claim()
+        with _claiming:
+            if self.worker in _stopped:
+                raise Stopped(f"worker {self.worker} is stopping: problem {problem_id} of run {run_id} not started")
+            try:
+                solve_id = claim()
+            except IntegrityError:
+                # A concurrent worker inserted the solve first: it holds it now, unless it is gone already.
+                solve_id = claim()
         with self._lock:
             self._keys[solve_id] = {}
         return solve_id
@@ -337,6 +346,17 @@ class Recorder:
         where = [Solve.worker == self.worker, Solve.status == "running"]
         if run_id is not None:
             where.append(Solve.run_id == run_id)
+        with _claiming:
+            return self._interrupt(where)
+
+    def stop(self) -> int:
+        """What a stop signal does: this worker claims no more solves (start_solve raises Stopped), and
+        every solve it has running is marked 'interrupted'; how many. No claim slips in between."""
+        with _claiming:
+            _stopped.add(self.worker)
+            return self._interrupt([Solve.worker == self.worker, Solve.status == "running"])
+
+    def _interrupt(self, where: list[Any]) -> int:
         with self._sessions.begin() as s:
             result = s.execute(
                 update(Solve).where(*where).values(status="interrupted", lease_until=None, finished_at=utcnow()),

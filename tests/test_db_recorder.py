@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -25,7 +26,7 @@ from db import (
     trace_of,
 )
 from db.models import Candidate, Score, Solve, Step
-from db.recorder import Claimed, RunConfigMismatch, this_worker
+from db.recorder import Claimed, RunConfigMismatch, Stopped, this_worker
 from tests.db_fixtures import T0, beam_steps, record_beam
 
 
@@ -429,6 +430,37 @@ def test_interrupt_running_releases_this_workers_solves_for_anyone_to_resume(
     assert theirs.start_solve(run_id, problem_id, "beam_search", {}, budget=4) == interrupted
     assert mine.interrupt_running() == 1  # every run's: the one in `other_run`
     assert solve_row(sessions, elsewhere).status == "interrupted"
+
+
+def test_a_stopped_worker_starts_no_solve_and_none_slips_in_while_it_stops(
+    sessions: sessionmaker[Session], run_and_problem: tuple[str, int]
+) -> None:
+    run_id, _ = run_and_problem
+    worker = f"host-stop:1:{uuid.uuid4().hex[:8]}"  # a name of its own: a stop lasts as long as the process
+    mine = Recorder(sessions, worker=worker)
+    problems = [mine.problem("gsm8k", f"stop-{i}", "q", "1") for i in range(24)]
+    started: list[int] = []
+    refused: list[int] = []
+
+    def claim(problem_id: int) -> None:
+        try:
+            started.append(mine.start_solve(run_id, problem_id, "s", {}, 1))
+        except Stopped:
+            refused.append(problem_id)
+
+    threads = [threading.Thread(target=claim, args=(p,)) for p in problems]
+    for index, thread in enumerate(threads):
+        thread.start()
+        if index == 8:
+            interrupted = mine.stop()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(started) + len(refused) == 24 and refused  # every claim either ran before the stop or was refused
+    with sessions() as s:
+        statuses = list(s.scalars(select(Solve.status).where(Solve.worker == worker)))
+    assert "running" not in statuses and len(statuses) == len(started) == interrupted
+    with pytest.raises(Stopped, match=f"worker {worker} is stopping"):
+        mine.start_solve(run_id, problems[0], "s", {}, 1)
 
 
 def test_pending_tells_claimable_from_held_problems(

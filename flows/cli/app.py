@@ -186,7 +186,7 @@ def interrupted(database: str | None) -> Callable[[], str]:
     from db.session import connect
 
     def stop() -> str:
-        count = Recorder(connect(database)).interrupt_running()
+        count = Recorder(connect(database)).stop()  # and claims no more solves
         return f"{count} solve(s) in flight marked interrupted; run the same command again to resume"
 
     return stop
