@@ -22,6 +22,7 @@ from flows.policy import (
     assign_bin,
     fit_policy,
     fold_assignment,
+    predicted_difficulty,
     quantile_thresholds,
 )
 
@@ -40,6 +41,11 @@ def test_distinct_values_fall_into_five_equal_quintiles_easiest_first() -> None:
     assert sorted(bins.values()) == [b for b in range(1, 6) for _ in range(10)]
     assert {bins[v] for v in range(40, 50)} == {1}  # highest pass@1 is the easiest bin
     assert {bins[v] for v in range(10)} == {5}
+
+
+def test_predicted_difficulty_is_the_mean_score_of_the_scored_samples_and_zero_without_any() -> None:
+    assert predicted_difficulty([0.25, None, 0.75]) == 0.5
+    assert predicted_difficulty([None, None]) == 0.0 and predicted_difficulty([]) == 0.0
 
 
 @given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=60, unique=True), st.integers(1, 8))

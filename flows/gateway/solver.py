@@ -8,11 +8,10 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from statistics import fmean
 from typing import Any
 
 from flows.gateway.requests import Plan
-from flows.policy import Policy
+from flows.policy import Policy, predicted_difficulty
 from flows.service.config import ModelSettings
 from flows.service.solving import SolveOutcome, engines_for, solve_question
 from graphs import registry
@@ -161,8 +160,7 @@ class Solver:
             models,
             {"door": "gateway", "purpose": "difficulty"},
         )
-        scores = [score for _, score in difficulty.samples if score is not None]
-        predicted = fmean(scores) if scores else 0.0
+        predicted = predicted_difficulty(score for _, score in difficulty.samples)
         bin_ = policy.bin_of(predicted)
         chosen, calibrated = policy.plan_for(bin_, plan.budget)
         extra = {"bin": bin_, "difficulty": predicted, "plan": chosen.label, "difficulty_run": difficulty.run_id}

@@ -33,7 +33,7 @@ from db.recorder import Recorder
 from db.session import connect
 from flows.pipelines.evaluate import run_all, solve_prompt, unsolved
 from flows.pipelines.plots import plot_policy
-from flows.policy import Plan, Policy, assign_bin, fit_policy, quantile_thresholds
+from flows.policy import Plan, Policy, assign_bin, fit_policy, predicted_difficulty, quantile_thresholds
 from flows.policy.grid import plan_grid, pool_plans, subset_accuracy, valid_at
 from flows.service.config import ModelSettings
 from flows.service.datasets import Problem, Selection
@@ -244,7 +244,7 @@ def bin_by_difficulty(
         )
     values_of = {
         key: (
-            fmean([s for _, s in pools[key][0][:difficulty_samples] if s is not None] or [0.0])
+            predicted_difficulty(s for _, s in pools[key][0][:difficulty_samples])
             if difficulty == "predicted"
             else fmean(float(bool(is_correct(a, pools[key][1]))) for a, _ in pools[key][0])
         )

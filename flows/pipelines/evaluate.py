@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from db import queries
 from db.recorder import Claimed, Recorder
 from db.session import connect
-from flows.policy import Policy, allocate
+from flows.policy import Policy, allocate, predicted_difficulty
 from flows.service.config import ModelSettings
 from flows.service.datasets import Problem, Selection
 from flows.service.solving import engines_for, masked_models, solve_question
@@ -85,10 +85,9 @@ def estimate_difficulty(
 def difficulty_of(pool: queries.AnswerPool) -> dict[str, Any]:
     """A prompt's difficulty from its answer pool: predicted, the mean PRM score of its samples (no
     reference needed); oracle, their pass@1 (needs the reference)."""
-    scores = [score for _, score in pool.samples if score is not None]
     graded = [bool(is_correct(answer, pool.reference)) for answer, _ in pool.samples]
     return {
-        "predicted": fmean(scores) if scores else 0.0,
+        "predicted": predicted_difficulty(score for _, score in pool.samples),
         "oracle": fmean(graded) if pool.reference is not None and graded else None,
     }
 

@@ -32,7 +32,7 @@ from flows.pipelines import calibrate as calibration
 from flows.pipelines.evaluate import evaluate
 from flows.pipelines.report import build_report, resolve_runs
 from flows.policy import headline
-from flows.policy.grid import plan_grid
+from flows.policy.grid import plan_grid, plan_of
 from flows.service.datasets import Problem, Selection
 from graphs import registry
 from graphs.plugins import load_plugins
@@ -240,8 +240,7 @@ def reproduce(
         "shard": spec.test_shard,
         "plugins": plugins,
     }
-    test_runs: dict[str, dict[int, str]] = {BASELINE: {}, "compute-optimal (predicted)": {}}
-    test_runs["compute-optimal (oracle)"] = {}
+    test_runs: dict[str, dict[int, str]] = {label: {} for label in (BASELINE, *map(optimal_label, policies))}
     for n in spec.budgets:
         ran = evaluate(strategy=BASELINE, budget=n, run_name=f"{spec.name}/test/{BASELINE}/{n}", **common)
         test_runs[BASELINE][n] = ran["run_id"]
@@ -249,7 +248,7 @@ def reproduce(
             ran = evaluate(
                 policy=str(path), budget=n, run_name=f"{spec.name}/test/compute-optimal-{difficulty}/{n}", **common
             )
-            test_runs[f"compute-optimal ({difficulty})"][n] = ran["run_id"]
+            test_runs[optimal_label(difficulty)][n] = ran["run_id"]
     seconds["test split"] = time.perf_counter() - began
 
     result = summarize_reproduction(spec, outcomes, oracle_bins, test_runs, database, len(test_split))
@@ -268,26 +267,39 @@ def write_reports(name: str, folder: Path, database: str | None) -> None:
             (folder / file).write_text(build_report(session, resolve_runs(session, [prefix])), encoding="utf-8")
 
 
-def test_outcomes(database: str | None, run_ids: dict[int, str]) -> tuple[dict[int, dict[str, float]], ...]:
-    """Per budget, per problem key of the finished solves: correctness, generations, and the
-    generations its difficulty estimate cost (0 without a policy)."""
+def optimal_label(difficulty: str) -> str:
+    """The name of a policy's test runs in the headline: "compute-optimal (predicted)"."""
+    return f"compute-optimal ({difficulty})"
+
+
+def test_outcomes(database: str | None, run_ids: dict[int, str]) -> tuple[headline.Outcomes, headline.Outcomes]:
+    """Per budget, per problem key of the finished solves: correctness, and the generations spent."""
     correct: dict[int, dict[str, float]] = {}
     spend: dict[int, dict[str, float]] = {}
-    estimate: dict[int, dict[str, float]] = {}
     with connect(database)() as session:
         for n, run_id in run_ids.items():
             outcomes = [o for o in queries.solve_outcomes(session, run_id) if o.status == "done"]
             correct[n] = {o.problem_key: float(bool(o.correct)) for o in outcomes}
             spend[n] = {o.problem_key: o.generations for o in outcomes}
-            estimate[n] = dict.fromkeys(correct[n], 0.0)
-            traces = {t.problem.key: t for t in queries.trace_of(session, run_id)}
-            runs = {str(t.detail["difficulty_run"]) for t in traces.values() if "difficulty_run" in t.detail}
-            for difficulty_run in runs:
-                ids = [t.problem.id for t in traces.values()]
-                for key, pool in queries.answer_pools(session, difficulty_run, ids).items():
-                    if key in estimate[n]:
-                        estimate[n][key] = pool.generations
-    return correct, spend, estimate
+    return correct, spend
+
+
+def estimate_costs(database: str | None, run_id: str) -> dict[str, float]:
+    """Per problem key of a policy run: the generations its difficulty estimate cost, read from the
+    difficulty run its solves name (every budget's run of a policy shares these estimates)."""
+    with connect(database)() as session:
+        traces = queries.trace_of(session, run_id)
+        ids = [t.problem.id for t in traces]
+        costs = dict.fromkeys((t.problem.key for t in traces), 0.0)
+        for difficulty_run in {str(t.detail["difficulty_run"]) for t in traces if "difficulty_run" in t.detail}:
+            for key, pool in queries.answer_pools(session, difficulty_run, ids).items():
+                costs[key] = pool.generations
+    return costs
+
+
+def mean_by_budget(table: headline.Outcomes) -> dict[int, float]:
+    """N -> the mean accuracy over the prompts of that budget."""
+    return {n: headline.mean_over(per_prompt, sorted(per_prompt)) for n, per_prompt in sorted(table.items())}
 
 
 def summarize_reproduction(
@@ -302,28 +314,24 @@ def summarize_reproduction(
     by_plan: dict[str, dict[int, dict[str, float]]] = {}
     for (key, label, n), value in outcomes.items():
         by_plan.setdefault(label, {}).setdefault(n, {})[key] = value
-    baseline, _, _ = test_outcomes(database, test_runs[BASELINE])
-    accuracy = {
-        label: {n: headline.mean_over(table, sorted(table)) for n, table in sorted(baseline.items())}
-        for label, baseline in [(BASELINE, baseline)]
-    }
+    baseline, _ = test_outcomes(database, test_runs[BASELINE])
+    accuracy = {BASELINE: mean_by_budget(baseline)}
     efficiency = {}
-    for label in ("compute-optimal (predicted)", "compute-optimal (oracle)"):
-        correct, spend, estimate = test_outcomes(database, test_runs[label])
-        accuracy[label] = {n: headline.mean_over(t, sorted(t)) for n, t in sorted(correct.items())}
-        per_prompt_estimate = next(iter(estimate.values()), {})
+    for label, run_ids in test_runs.items():
+        if label == BASELINE:
+            continue
+        correct, spend = test_outcomes(database, run_ids)
+        accuracy[label] = mean_by_budget(correct)
+        costs = estimate_costs(database, run_ids[min(run_ids)])
         efficiency[label] = headline.efficiency(
-            baseline, correct, spend, per_prompt_estimate, seed=spec.seed, resamples=spec.resamples
+            baseline, correct, spend, costs, seed=spec.seed, resamples=spec.resamples
         )
     result: dict[str, Any] = {
         "recipe": spec.model_dump(mode="json"),
         "prompts": {"calibration": len(oracle_bins), "test": test_prompts},
         "test_accuracy": accuracy,
         "efficiency": efficiency,
-        "calibration_accuracy": {
-            label: {n: headline.mean_over(t, sorted(t)) for n, t in sorted(table.items())}
-            for label, table in sorted(by_plan.items())
-        },
+        "calibration_accuracy": {label: mean_by_budget(table) for label, table in sorted(by_plan.items())},
         "paper": PAPER,
     }
     if BEAM in by_plan:
@@ -332,11 +340,11 @@ def summarize_reproduction(
         )
     ratios: dict[float, dict[int, dict[str, float]]] = {}
     for label, table in by_plan.items():
-        strategy = calibration_plan_strategy(label)
-        if strategy != "revisions":
+        plan = plan_of(label)
+        if plan.strategy != "revisions":
             continue
         for n, per_prompt in table.items():
-            settings = registry.get("revisions").configure({**plan_grid([label])[label].settings, "budget": n})
+            settings = registry.get("revisions").configure({**plan.settings, "budget": n})
             ratios.setdefault(settings.ratio, {})[n] = per_prompt  # type: ignore[attr-defined]
     top = max(spec.budgets)
     if ratios and any(top in t for t in ratios.values()):
@@ -344,7 +352,3 @@ def summarize_reproduction(
             ratios, oracle_bins, top, seed=spec.seed, resamples=spec.resamples
         )
     return result
-
-
-def calibration_plan_strategy(label: str) -> str:
-    return plan_grid([label])[label].strategy

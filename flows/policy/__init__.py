@@ -4,7 +4,7 @@ cross-validation, `table` is the policy a deployment loads, `allocation` splits 
 across bins. The calibration flow feeds in outcomes and stores what comes out."""
 
 from flows.policy.allocation import Allocation, allocate
-from flows.policy.bins import assign_bin, quantile_thresholds
+from flows.policy.bins import assign_bin, predicted_difficulty, quantile_thresholds
 from flows.policy.fit import PolicyFit, fit_policy, fold_assignment
 from flows.policy.table import Plan, Policy, PolicyFileError
 
@@ -18,5 +18,6 @@ __all__ = [
     "assign_bin",
     "fit_policy",
     "fold_assignment",
+    "predicted_difficulty",
     "quantile_thresholds",
 ]

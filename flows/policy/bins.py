@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from statistics import fmean
 
 
 def quantile_thresholds(values: Sequence[float], bins: int = 5) -> list[float]:
@@ -36,3 +37,10 @@ def assign_bin(value: float, thresholds: Sequence[float]) -> int:
         raise ValueError("cannot bin NaN")
     cuts = sorted(thresholds)
     return len(cuts) + 1 - bisect.bisect_left(cuts, value)
+
+
+def predicted_difficulty(scores: Iterable[float | None]) -> float:
+    """A prompt's predicted difficulty (Snell et al. 2024, §3.2): the mean PRM score of its samples'
+    answers, unscored ones left out; 0.0 (the hardest) when none is scored."""
+    scored = [s for s in scores if s is not None]
+    return fmean(scored) if scored else 0.0
