@@ -798,15 +798,6 @@ def serve(
         err.print("stopped")
 
 
-def _mount_gateway() -> None:
-    from flows.cli.gateway import gateway  # its own module, over this one's vocabulary of options
-
-    app.command()(gateway)
-
-
-_mount_gateway()
-
-
 def _mount_testbed() -> None:
     try:
         from flows.cli.testbed import testbed_app
@@ -819,7 +810,7 @@ def _mount_testbed() -> None:
 
 _mount_testbed()
 # Each registers its command on `app` as it is imported.
-from flows.cli import flops as _flops, report as _report, reproduce as _reproduce  # noqa: E402, F401, I001
+from flows.cli import flops as _flops, gateway as _gateway, report as _report, reproduce as _reproduce  # noqa: E402, F401, I001
 
 if __name__ == "__main__":
     app()

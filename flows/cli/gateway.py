@@ -15,6 +15,7 @@ from flows.cli.app import (
     Reviser,
     SamplingSeed,
     Verifier,
+    app,
     err,
     fail,
     models_from,
@@ -26,6 +27,7 @@ from flows.cli.process import resume_collector
 TOKEN_VARIABLE = "TTC_GATEWAY_TOKEN"
 
 
+@app.command()
 def gateway(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8100,
